@@ -1,0 +1,20 @@
+"""Reward functions for RL post-training, and a process pool that scores them safely.
+
+Importing the package registers the built-in rewards (currently ``math_answer``). This package
+must stay free of torch, model, rollout and algorithm imports: it runs inside lightweight
+worker processes whose start-up time is paid on every worker replacement.
+"""
+
+from rewards.schema import RewardError, RewardInput, RewardResult
+from rewards.registry import get_reward, register_reward
+from rewards import math_answer as _builtin_math_answer  # noqa: F401  (registers "math_answer")
+from rewards.pool import RewardPool
+
+__all__ = [
+    "register_reward",
+    "get_reward",
+    "RewardInput",
+    "RewardResult",
+    "RewardPool",
+    "RewardError",
+]

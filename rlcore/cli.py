@@ -1,0 +1,63 @@
+"""`rlcore` command line: train (and resume) experiments, build the tiny model."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _train(args: argparse.Namespace) -> int:
+    from rlcore.config import ConfigError, load_config
+    from rlcore.data.loader import DataError
+    from rlcore.trainer import Trainer
+
+    overrides = list(args.overrides)
+    config = args.config
+    if args.resume:
+        run_dir = Path(args.resume)
+        config = config or str(run_dir / "config.yaml")
+        if not Path(config).exists():
+            print(f"rlcore: {run_dir} has no config.yaml; is it a run directory?", file=sys.stderr)
+            return 2
+        # The saved config is fully resolved; point it back at the same run directory.
+        overrides = [f"name={run_dir.name}", f"output_dir={run_dir.parent}", f"resume={args.which}", *overrides]
+    if not config:
+        print("rlcore train: give a CONFIG.yaml or --resume RUN_DIR", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(config, overrides)
+        trainer = Trainer(cfg)
+    except (ConfigError, DataError, FileNotFoundError) as e:
+        print(f"rlcore: {e}", file=sys.stderr)
+        return 2
+    trainer.run()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rlcore", description="RL post-training for reasoning models")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="run an experiment config (key.sub=value overrides allowed)")
+    train.add_argument("config", nargs="?", help="experiment YAML")
+    train.add_argument("overrides", nargs="*", help="key.sub=value")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its checkpoint")
+    train.add_argument("--which", default="latest", help="checkpoint to resume: latest or step_N")
+    tiny = sub.add_parser("build-tiny-model", help="build a tiny model + tokenizer from scratch (no downloads)")
+    tiny.add_argument("out_dir")
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "train":
+        # `rlcore train a.yaml x=1 --resume r` mixes positionals and flags; keep every key=value.
+        args.overrides = list(args.overrides) + [e for e in extra if "=" in e and not e.startswith("-")]
+        if args.config and "=" in args.config:
+            args.overrides.insert(0, args.config)
+            args.config = None
+        return _train(args)
+    if args.command == "build-tiny-model":
+        from rlcore.tiny_model import main as tiny_main
+
+        return tiny_main([args.out_dir])
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

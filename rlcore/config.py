@@ -1,0 +1,393 @@
+"""One typed config for every run: YAML file + ``key.sub=value`` overrides -> frozen dataclasses.
+
+Errors name the key, the file and the line, and are raised before any worker starts, so a typo
+costs a second, not a cluster allocation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config problem, with the key path and (when known) file:line."""
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""  # HF model directory or hub id (hub ids need network)
+    build_tiny: bool = False  # build a tiny model + tokenizer at `path` if it does not exist
+    tiny_hidden_size: int = 256
+    tiny_num_layers: int = 4
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DataConfig:
+    task: Literal["arith", "file"] = "arith"
+    train_path: str = ""  # jsonl / parquet / json (task=file)
+    eval_path: str = ""
+    fields: dict[str, str] = field(default_factory=dict)  # our name -> column name
+    system_prompt: str = ""
+    prompt_template: str = "{prompt}"  # user message; {prompt} is the record's prompt
+    # synthetic arithmetic task
+    arith_min_operands: int = 2
+    arith_max_operands: int = 4
+    arith_max_operand: int = 9
+    arith_ops: str = "+"
+    n_train: int = 20000
+    n_eval: int = 200
+
+
+@dataclass
+class SFTConfig:
+    """Optional supervised warm-up on the task's reference completions before RL."""
+
+    steps: int = 0
+    batch_size: int = 64
+    lr: float = 2e-3
+    warmup_steps: int = 10
+
+
+@dataclass
+class RolloutConfig:
+    engine: Literal["vllm", "hf"] = "vllm"
+    num_workers: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    tensor_parallel_size: int = 1
+    prompts_per_step: int = 32
+    n_samples: int = 8
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_model_len: int = 512
+    gpu_memory_utilization: float = 0.5
+    enforce_eager: bool = True
+    vllm_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LearnerConfig:
+    num_ranks: int = 1
+    gpus_per_rank: float = 0.0
+    cpus_per_rank: float = 1.0
+    num_threads: int = 0  # torch threads per rank; 0 = Ray's OMP_NUM_THREADS
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    grad_clip: float = 1.0
+    micro_batch_size: int = 64  # sequences per forward/backward on one rank
+    mini_batches: int = 1  # optimizer steps per RL step
+    epochs: int = 1  # passes over the batch per RL step
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = "grpo"
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip_c: float | None = None
+    kl_coef: float = 0.0
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    loss_agg: Literal[
+        "token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"
+    ] = "token-mean"
+    adv_eps: float = 1e-6
+
+
+@dataclass
+class RewardConfig:
+    fn: str = "math_answer"  # registered name, module:function or path/file.py:function
+    imports: list[str] = field(default_factory=list)  # modules that register rewards
+    num_workers: int = 1
+    timeout_s: float = 5.0
+    failure_score: float = 0.0
+
+
+@dataclass
+class EvalConfig:
+    every: int = 10  # steps; 0 = only at start and end
+    num_prompts: int = 200
+    temperature: float = 0.0
+
+
+@dataclass
+class TrainerConfig:
+    total_steps: int = 100
+    max_wall_time_s: float = 0.0  # 0 = no limit; the run stops cleanly (with eval) when reached
+    checkpoint_every: int = 0  # 0 = only at the end
+    keep_last: int = 2
+    logprob_check_sequences: int = 4
+    logprob_mismatch_threshold: float = 0.05  # max |logp_rollout - logp_learner|; stop above it
+    log_samples: int = 4  # completions written to samples/step_N.jsonl per step
+
+
+@dataclass
+class TrackingConfig:
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "rlcore"
+    progress: bool = True
+
+
+@dataclass
+class RayConfig:
+    address: str = ""  # "" = $RAY_ADDRESS if set, else a new local cluster on loopback
+    num_cpus: int = 0  # local cluster only; 0 = what the actors ask for (at least the cores)
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "run"
+    seed: int = 0
+    output_dir: str = "runs"
+    resume: str = ""  # "" | "latest" | "step_N"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read YAML (optional), apply ``a.b=value`` overrides, validate into ExperimentConfig."""
+    raw: dict = {}
+    lines: dict[str, int] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config: {e}") from None
+        try:
+            raw = yaml.safe_load(text) or {}
+            lines = _yaml_key_lines(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected key.sub=value")
+        _set_path(raw, key.strip().split("."), yaml.safe_load(value) if value != "" else "")
+        lines[key.strip()] = -1
+    cfg = _build(ExperimentConfig, raw, "", source, lines)
+    validate(cfg, source)
+    return cfg
+
+
+def config_from_dict(data: dict, source: str = "<dict>") -> ExperimentConfig:
+    cfg = _build(ExperimentConfig, data, "", source, {})
+    validate(cfg, source)
+    return cfg
+
+
+def save_config(cfg: ExperimentConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def validate(cfg: ExperimentConfig, source: str) -> None:
+    """Cross-field checks that types alone cannot express."""
+
+    def fail(key: str, msg: str) -> None:
+        raise ConfigError(f"{source}: {key}: {msg}")
+
+    if not cfg.model.path:
+        fail("model.path", "required (a Hugging Face model directory, or set model.build_tiny)")
+    if cfg.data.task == "file" and not cfg.data.train_path:
+        fail("data.train_path", "required when data.task is 'file'")
+    positive = {
+        "rollout.num_workers": cfg.rollout.num_workers,
+        "rollout.prompts_per_step": cfg.rollout.prompts_per_step,
+        "rollout.n_samples": cfg.rollout.n_samples,
+        "rollout.max_new_tokens": cfg.rollout.max_new_tokens,
+        "learner.num_ranks": cfg.learner.num_ranks,
+        "learner.micro_batch_size": cfg.learner.micro_batch_size,
+        "learner.mini_batches": cfg.learner.mini_batches,
+        "learner.epochs": cfg.learner.epochs,
+        "reward.num_workers": cfg.reward.num_workers,
+        "eval.num_prompts": cfg.eval.num_prompts,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            fail(key, f"must be > 0, got {value}")
+    for key in ("trainer.total_steps", "sft.steps", "trainer.checkpoint_every", "eval.every"):
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) < 0:
+            fail(key, "must be >= 0")
+    if cfg.trainer.keep_last < 1:
+        fail("trainer.keep_last", "must be >= 1")
+    if cfg.rollout.temperature < 0:
+        fail("rollout.temperature", "must be >= 0")
+    if cfg.learner.lr <= 0:
+        fail("learner.lr", "must be > 0")
+    if len(cfg.learner.betas) != 2:
+        fail("learner.betas", "must be a list of two floats")
+    batch = cfg.rollout.prompts_per_step * cfg.rollout.n_samples
+    if batch % (cfg.learner.num_ranks * cfg.learner.mini_batches) != 0:
+        fail(
+            "learner.mini_batches",
+            f"batch of {batch} samples does not split evenly into {cfg.learner.num_ranks} ranks x "
+            f"{cfg.learner.mini_batches} mini-batches",
+        )
+    if cfg.resume and cfg.resume != "latest" and not cfg.resume.startswith("step_"):
+        fail("resume", f"expected '', 'latest' or 'step_N', got {cfg.resume!r}")
+    from algorithms import registry as algo_registry
+
+    try:
+        algo_registry.get_algorithm(cfg.algorithm.name)
+    except KeyError as e:
+        fail("algorithm.name", str(e).strip("'\""))
+
+
+# -------------------------------------------------------------------------------- internals
+
+
+def _yaml_key_lines(text: str) -> dict[str, int]:
+    """Map dotted key paths to 1-based line numbers so errors can point into the file."""
+    out: dict[str, int] = {}
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = f"{prefix}{key_node.value}"
+                out[key] = key_node.start_mark.line + 1
+                walk(value_node, key + ".")
+
+    root = yaml.compose(text)
+    if root is not None:
+        walk(root, "")
+    return out
+
+
+def _set_path(raw: dict, parts: list[str], value: Any) -> None:
+    node = raw
+    for part in parts[:-1]:
+        nxt = node.get(part)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[part] = nxt
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _where(source: str, lines: dict[str, int], key: str) -> str:
+    line = lines.get(key)
+    if line == -1:
+        return f"command-line override {key}"
+    return f"{source}:{line}" if line else source
+
+
+def _build(cls: type, data: Any, prefix: str, source: str, lines: dict[str, int]):
+    if not isinstance(data, dict):
+        where = _where(source, lines, prefix.rstrip("."))
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            close = [n for n in sorted(names) if n.startswith(str(key)[:3])]
+            hint = f" (did you mean {', '.join(close)}?)" if close else f" (known keys: {', '.join(sorted(names))})"
+            raise ConfigError(f"{_where(source, lines, full)}: unknown key '{full}'{hint}")
+        kwargs[key] = _coerce(hints[key], value, full, source, lines)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str, source: str, lines: dict[str, int]) -> Any:
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(
+            f"{_where(source, lines, key)}: {key}: expected {expected}, got {value!r} ({type(value).__name__})"
+        )
+
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".", source, lines)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key, source, lines)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise bad("one of " + ", ".join(repr(c) for c in choices))
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad("a list")
+        (item_tp,) = get_args(tp)
+        return [_coerce(item_tp, v, f"{key}[{i}]", source, lines) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad("a mapping")
+        key_tp, val_tp = get_args(tp)
+        return {
+            _coerce(key_tp, k, key, source, lines): _coerce(val_tp, v, f"{key}.{k}", source, lines)
+            for k, v in value.items()
+        }
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    raise ConfigError(f"{key}: unsupported config type {tp!r}")  # programming error
+
+
+__all__ = [
+    "ConfigError",
+    "ExperimentConfig",
+    "load_config",
+    "config_from_dict",
+    "save_config",
+]

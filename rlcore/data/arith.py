@@ -1,0 +1,186 @@
+"""Synthetic arithmetic task with graded difficulty.
+
+A problem is a chain of single operations on small non-negative integers, e.g. ``3+4+5``.
+Difficulty is the number of operands (2 = easy ... 4 = hard by default).
+
+Prompt choice: the model is tiny, so every prompt token costs. The user message is just the
+expression followed by ``=`` (``"3+4+5="``, 6 tokens with digit-split tokenizers) and the
+target completion is ``\\boxed{12}`` (the model then emits its eos, ``<|im_end|>``). This is
+the format the CPU notes measured (a 3.2M model reaches ~52% after ~300 SFT steps on sums of
+2-4 single-digit operands, RL lifts it to ~90%). ``ArithConfig.prompt_template`` changes it.
+
+Records use the common record format (see :mod:`rlcore.data.loader`)::
+
+    {"id": "arith-0-000007", "prompt": "3+4+5=", "answer": "12", "difficulty": 3,
+     "metadata": {"task": "arith", "problem": "3+4+5", "difficulty": 3, "num_operands": 3,
+                  "answer_format": "boxed"}}
+
+``prompt`` is the user-message text; ``answer`` is the bare ground truth (no ``\\boxed``).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+
+__all__ = [
+    "ArithConfig",
+    "format_prompt",
+    "format_answer",
+    "generate_problems",
+    "sft_completion",
+    "train_eval_split",
+    "problem_space_size",
+]
+
+_ALLOWED_OPS = "+-"
+_FORMATS = ("boxed", "plain")
+
+
+@dataclass
+class ArithConfig:
+    min_operands: int = 2
+    max_operands: int = 4
+    max_operand: int = 9  # operands are drawn uniformly from [0, max_operand]
+    ops: str = "+"  # operators to draw from, subset of "+-"; evaluated left to right
+    answer_format: str = "boxed"  # "boxed" -> \boxed{12}; "plain" -> 12
+    prompt_template: str = "{problem}="  # user-message text; "{problem}" is the expression
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.min_operands <= self.max_operands):
+            raise ValueError(f"need 1 <= min_operands <= max_operands, got {self.min_operands}, {self.max_operands}")
+        if self.max_operand < 0:
+            raise ValueError(f"max_operand must be >= 0, got {self.max_operand}")
+        if not self.ops or any(o not in _ALLOWED_OPS for o in self.ops):
+            raise ValueError(f"ops must be a non-empty subset of {_ALLOWED_OPS!r}, got {self.ops!r}")
+        if self.answer_format not in _FORMATS:
+            raise ValueError(f"answer_format must be one of {_FORMATS}, got {self.answer_format!r}")
+        if "{problem}" not in self.prompt_template:
+            raise ValueError("prompt_template must contain '{problem}'")
+
+
+def format_prompt(problem: str, cfg: ArithConfig | None = None) -> str:
+    """User-message text for an expression, e.g. ``"3+4+5"`` -> ``"3+4+5="``."""
+    cfg = cfg or ArithConfig()
+    return cfg.prompt_template.format(problem=problem)
+
+
+def format_answer(answer: str, answer_format: str = "boxed") -> str:
+    if answer_format == "boxed":
+        return "\\boxed{" + answer + "}"
+    if answer_format == "plain":
+        return answer
+    raise ValueError(f"unknown answer_format {answer_format!r}")
+
+
+def problem_space_size(cfg: ArithConfig | None = None) -> int:
+    """Number of distinct problem strings ``cfg`` can produce."""
+    cfg = cfg or ArithConfig()
+    v, o = cfg.max_operand + 1, len(set(cfg.ops))
+    return sum(v**k * o ** (k - 1) for k in range(cfg.min_operands, cfg.max_operands + 1))
+
+
+def _evaluate(nums: list[int], ops: list[str]) -> int:
+    acc = nums[0]
+    for op, x in zip(ops, nums[1:]):
+        acc = acc + x if op == "+" else acc - x
+    return acc
+
+
+def _sample(rng: random.Random, cfg: ArithConfig, k: int | None = None) -> tuple[str, str, int]:
+    if k is None:
+        k = rng.randint(cfg.min_operands, cfg.max_operands)
+    nums = [rng.randint(0, cfg.max_operand) for _ in range(k)]
+    ops = [rng.choice(cfg.ops) for _ in range(k - 1)]
+    problem = str(nums[0]) + "".join(op + str(x) for op, x in zip(ops, nums[1:]))
+    return problem, str(_evaluate(nums, ops)), k
+
+
+def _record(rid: str, problem: str, answer: str, k: int, cfg: ArithConfig) -> dict:
+    return {
+        "id": rid,
+        "prompt": format_prompt(problem, cfg),
+        "answer": answer,
+        "difficulty": k,
+        "metadata": {
+            "task": "arith",
+            "problem": problem,
+            "difficulty": k,
+            "num_operands": k,
+            "answer_format": cfg.answer_format,
+        },
+    }
+
+
+def generate_problems(n: int, seed: int, cfg: ArithConfig | None = None) -> list[dict]:
+    """``n`` problems, deterministic for ``seed`` (uses its own ``random.Random``, never the
+    global RNG). The number of operands is uniform in ``[min_operands, max_operands]``.
+    Problems may repeat (the 2-operand space is small); see :func:`train_eval_split` for a
+    held-out set."""
+    cfg = cfg or ArithConfig()
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    rng = random.Random(f"arith-{seed}")
+    out = []
+    for i in range(n):
+        problem, answer, k = _sample(rng, cfg)
+        out.append(_record(f"arith-{seed}-{i:06d}", problem, answer, k, cfg))
+    return out
+
+
+def sft_completion(record: dict) -> str:
+    """Target completion for SFT warm-up, e.g. ``"\\boxed{12}"`` (without eos: the trainer
+    appends the tokenizer's eos)."""
+    fmt = (record.get("metadata") or {}).get("answer_format", "boxed")
+    return format_answer(str(record["answer"]), fmt)
+
+
+def train_eval_split(
+    seed: int, n_train: int, n_eval: int, cfg: ArithConfig | None = None
+) -> tuple[list[dict], list[dict]]:
+    """A held-out split: ``n_eval`` *distinct* eval problems, and ``n_train`` train problems
+    (repeats allowed) none of which appears in the eval set (compared by problem string).
+
+    Eval problems are drawn first (uniform difficulty, then de-duplicated); train problems
+    keep the uniform difficulty mix (operands re-drawn until the problem is not held out). Note: with the default config there are only 100 two-operand problems, so a
+    200-problem eval set holds out roughly two thirds of them; the model has to generalise.
+    """
+    cfg = cfg or ArithConfig()
+    space = problem_space_size(cfg)
+    if n_eval >= space:
+        raise ValueError(f"n_eval={n_eval} leaves no training problems: only {space} distinct problems exist")
+
+    rng = random.Random(f"arith-eval-{seed}")
+    eval_recs: list[dict] = []
+    seen: set[str] = set()
+    attempts, max_attempts = 0, 1000 * max(n_eval, 1) + 10_000
+    while len(eval_recs) < n_eval:
+        attempts += 1
+        if attempts > max_attempts:
+            raise ValueError(f"could not draw {n_eval} distinct eval problems from config {asdict(cfg)}")
+        problem, answer, k = _sample(rng, cfg)
+        if problem in seen:
+            continue
+        seen.add(problem)
+        eval_recs.append(_record(f"arith-eval-{seed}-{len(eval_recs):06d}", problem, answer, k, cfg))
+
+    # Train: draw the difficulty first, then re-draw operands of that difficulty until the
+    # problem is not held out, so train keeps the uniform difficulty mix. Difficulties whose
+    # every problem is held out are excluded.
+    rng = random.Random(f"arith-train-{seed}")
+    o = len(set(cfg.ops))
+    held = {k: 0 for k in range(cfg.min_operands, cfg.max_operands + 1)}
+    for r in eval_recs:
+        held[r["difficulty"]] += 1
+    ks = [k for k, h in held.items() if h < (cfg.max_operand + 1) ** k * o ** (k - 1)]
+    train_recs: list[dict] = []
+    while len(train_recs) < n_train:
+        k = rng.choice(ks)
+        for _ in range(100_000):
+            problem, answer, _k = _sample(rng, cfg, k)
+            if problem not in seen:
+                break
+        else:  # pragma: no cover - only if almost every problem of size k is held out
+            raise ValueError(f"could not draw a {k}-operand training problem outside the eval set")
+        train_recs.append(_record(f"arith-train-{seed}-{len(train_recs):06d}", problem, answer, k, cfg))
+    return train_recs, eval_recs

@@ -1,0 +1,45 @@
+"""Supervised warm-up on the learner group, so RL starts from a policy with some signal.
+
+RAFT, CoRT and ReLIFT mix SFT and RL; here it is a stage that runs once before RL on the
+task's reference completions, with the same FSDP learners and the same batch format.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+from rlcore.batch import build_batch
+from rlcore.config import ExperimentConfig
+from rlcore.data.source import PromptSource
+from rlcore.groups import LearnerGroup
+from rlcore.prompts import PromptRenderer
+
+
+def sft_lr(step: int, cfg: ExperimentConfig) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    s = cfg.sft
+    if step < s.warmup_steps:
+        return s.lr * (step + 1) / s.warmup_steps
+    progress = (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps)
+    return s.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def run_sft(
+    cfg: ExperimentConfig, learners: LearnerGroup, renderer: PromptRenderer, records: list[dict], pad_id: int, on_step=None
+) -> dict:
+    source = PromptSource(records, cfg.sft.batch_size, seed=cfg.seed + 7919, shuffle=True, drop_last=True)
+    num_ranks = len(learners.workers)
+    start = time.perf_counter()
+    metrics: dict[str, float] = {}
+    for step in range(cfg.sft.steps):
+        batch_records = source.next_batch()
+        usable = len(batch_records) - len(batch_records) % num_ranks
+        batch_records = batch_records[:usable]
+        prompts = [renderer.ids(r) for r in batch_records]
+        targets = [renderer.sft_target_ids(r) for r in batch_records]
+        batch = build_batch(prompts, targets, pad_id)
+        metrics = learners.train(batch, "sft", {"lr": sft_lr(step, cfg), "mini_batches": 1, "epochs": 1})
+        if on_step is not None:
+            on_step(step + 1, metrics)
+    return {"sft/steps": cfg.sft.steps, "sft/time_s": time.perf_counter() - start,
+            "sft/final_nll": metrics.get("train/nll", float("nan"))}

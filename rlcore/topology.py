@@ -1,0 +1,113 @@
+"""The whole distributed topology in one place: Ray, the rollout group and the learner group.
+
+driver (Trainer) --generate--> RolloutWorker x N (vLLM or HF engine)
+                 --train/logprobs--> LearnerWorker x K (one FSDP2 process group)
+                 --gather_weights--> learner rank 0 --object store ref--> every RolloutWorker
+The driver only passes object refs for weights; it never deserialises them.
+"""
+from __future__ import annotations
+
+import os
+import socket
+
+import ray
+from ray.util.placement_group import placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from rlcore.config import ExperimentConfig
+
+# Local clusters stay on loopback; this must be set before Ray starts.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "GLOO_SOCKET_IFNAME": "lo"}
+WORKER_ENV = {
+    "TOKENIZERS_PARALLELISM": "false",
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING"),
+}
+
+
+def connect(cfg: ExperimentConfig) -> None:
+    """Attach to `ray.address` / $RAY_ADDRESS, or start a local cluster on 127.0.0.1."""
+    if ray.is_initialized():
+        return
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS", "")
+    runtime_env = {"env_vars": dict(WORKER_ENV)}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        return
+    os.environ.update(LOOPBACK_ENV)
+    wanted = cfg.rollout.num_workers * cfg.rollout.cpus_per_worker + cfg.learner.num_ranks * cfg.learner.cpus_per_rank
+    num_cpus = cfg.ray.num_cpus or max(int(-(-wanted // 1)), os.cpu_count() or 1)
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        runtime_env={"env_vars": {**WORKER_ENV, **LOOPBACK_ENV}},
+        log_to_driver=True,
+        configure_logging=False,
+    )
+
+
+@ray.remote
+def _pick_rendezvous() -> tuple[str, int]:
+    """Address of the node that will hold learner rank 0, as seen by the other ranks."""
+    with socket.socket() as s:
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    ip = ray.util.get_node_ip_address()
+    return ("127.0.0.1" if ip in ("127.0.0.1", "localhost") else ip), port
+
+
+def create_learner_group(cfg: ExperimentConfig) -> list:
+    """K LearnerWorker actors packed onto as few nodes as possible (NCCL likes neighbours)."""
+    from rlcore.learner import LearnerWorker
+
+    lc = cfg.learner
+    bundles = [{"CPU": lc.cpus_per_rank, **({"GPU": lc.gpus_per_rank} if lc.gpus_per_rank else {})}] * lc.num_ranks
+    pg = placement_group(bundles, strategy="PACK")
+    ray.get(pg.ready())
+    strategy = lambda i: PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)  # noqa: E731
+    addr, port = ray.get(_pick_rendezvous.options(scheduling_strategy=strategy(0), num_cpus=0).remote())
+    actor_cls = ray.remote(LearnerWorker)
+    workers = [
+        actor_cls.options(
+            num_cpus=lc.cpus_per_rank, num_gpus=lc.gpus_per_rank, scheduling_strategy=strategy(rank)
+        ).remote(rank, lc.num_ranks, addr, port, cfg.to_dict())
+        for rank in range(lc.num_ranks)
+    ]
+    ray.get([w.ping.remote() for w in workers])
+    return workers
+
+
+def create_rollout_group(cfg: ExperimentConfig) -> list:
+    from rollout.worker import RolloutWorker
+
+    rc = cfg.rollout
+    engine_kwargs = {"dtype": cfg.model.dtype, "seed": cfg.seed}
+    if rc.engine == "vllm":
+        engine_kwargs.update(
+            max_model_len=rc.max_model_len,
+            gpu_memory_utilization=rc.gpu_memory_utilization,
+            tensor_parallel_size=rc.tensor_parallel_size,
+            enforce_eager=rc.enforce_eager,
+            extra=rc.vllm_kwargs,
+        )
+    actor_cls = ray.remote(RolloutWorker)
+    workers = [
+        actor_cls.options(num_cpus=rc.cpus_per_worker, num_gpus=rc.gpus_per_worker).remote(
+            rc.engine, cfg.model.path, engine_kwargs
+        )
+        for _ in range(rc.num_workers)
+    ]
+    return workers
+
+
+def shutdown_group(workers: list) -> None:
+    """Let engines and process groups close cleanly (vLLM leaks /dev/shm otherwise)."""
+    refs = [w.shutdown.remote() for w in workers]
+    try:
+        ray.get(refs, timeout=60)
+    except Exception:  # noqa: BLE001 - best effort on the way out
+        pass
+    for w in workers:
+        ray.kill(w)
+

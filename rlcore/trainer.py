@@ -1,0 +1,346 @@
+"""The driver: one RL step is allocate -> generate -> score -> advantages -> update -> sync -> log.
+
+Everything that must survive a restart (step, data cursor, RNG, counters) lives here and goes
+into trainer_state.json; the workers hold only what their checkpoints restore.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from algorithms import get_advantage, get_algorithm
+from rewards import RewardInput, RewardPool, get_reward
+from rlcore import checkpoint as ckpt
+from rlcore import topology
+from rlcore.batch import build_batch
+from rlcore.config import ExperimentConfig, save_config
+from rlcore.data.source import PromptSource
+from rlcore.groups import LearnerGroup, RolloutGroup
+from rlcore.progress import Progress
+from rlcore.prompts import PromptRenderer, load_datasets
+from rlcore.sft import run_sft
+from rlcore.tracking import Tracker, plot_learning_curve
+from rollout.engine import Request, SamplingConfig
+
+
+class LogprobMismatchError(RuntimeError):
+    """Rollout and learner disagree on log-probs of the same tokens after a weight sync."""
+
+
+class Trainer:
+    def __init__(self, cfg: ExperimentConfig, reward=None):
+        """Everything that can fail on bad input fails here, before any worker starts."""
+        self.cfg = cfg
+        self.run_dir = cfg.run_dir
+        self.spec = get_algorithm(cfg.algorithm.name)(cfg.algorithm)
+        self.advantage_fn = get_advantage(self.spec.advantage)
+        accepted = inspect.signature(self.advantage_fn).parameters
+        self.advantage_kwargs = {"eps": cfg.algorithm.adv_eps} if "eps" in accepted else {}
+        for module in cfg.reward.imports:
+            __import__(module)
+        self.reward = reward if reward is not None else cfg.reward.fn
+        get_reward(self.reward)  # resolve now: a typo fails before workers start
+        self._prepare_model()
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.renderer = PromptRenderer(self.tokenizer, cfg.data)
+        self.train_records, self.eval_records = load_datasets(cfg)
+        self.eval_records = self.eval_records[: cfg.eval.num_prompts]
+        self.source = PromptSource(self.train_records, cfg.rollout.prompts_per_step, seed=cfg.seed, drop_last=True)
+        self.resume_from = self._find_resume()
+        self.step = 0
+        self.samples_generated = 0
+        self.wall_time_before = 0.0
+        self.eval_history: list[dict] = []
+
+    # ------------------------------------------------------------------ setup
+
+    def _prepare_model(self) -> None:
+        m = self.cfg.model
+        if m.build_tiny:
+            from rlcore.tiny_model import ensure_tiny_model
+
+            ensure_tiny_model(m.path, hidden_size=m.tiny_hidden_size, num_layers=m.tiny_num_layers)
+        elif not Path(m.path).exists() and "/" not in m.path.strip("/"):
+            raise FileNotFoundError(f"model.path: {m.path} does not exist (set model.build_tiny: true for a tiny model)")
+
+    def _find_resume(self) -> Path | None:
+        if not self.cfg.resume:
+            return None
+        return ckpt.resolve_checkpoint(self.run_dir, self.cfg.resume)
+
+    def _start_workers(self) -> None:
+        topology.connect(self.cfg)
+        # Both groups load their model concurrently; actor creation does not block.
+        rollout_workers = topology.create_rollout_group(self.cfg)
+        self.learners = LearnerGroup(topology.create_learner_group(self.cfg))
+        self.rollout = RolloutGroup(rollout_workers)
+        self.pool = RewardPool(
+            self.reward, num_workers=self.cfg.reward.num_workers,
+            timeout_s=self.cfg.reward.timeout_s, failure_score=self.cfg.reward.failure_score,
+        )
+
+    # ------------------------------------------------------------------- run
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.run_dir / "config.yaml")
+        start = time.perf_counter()
+        self._start_workers()
+        resume_step = None
+        self.progress = Progress(enabled=cfg.tracking.progress)
+        try:
+            with self.progress:
+                if self.resume_from is not None:
+                    resume_step = self._restore(self.resume_from)
+                else:
+                    self._warm_up()
+                self.tracker = Tracker(self.run_dir, cfg.tracking, cfg.to_dict(), resume_step)
+                self._sync_weights(check=False)
+                if resume_step is None:
+                    self._log(0, self._evaluate(), start)
+                self.progress.start_rl(cfg.trainer.total_steps, self.step)
+                while self.step < cfg.trainer.total_steps:
+                    if cfg.trainer.max_wall_time_s and self._elapsed(start) > cfg.trainer.max_wall_time_s:
+                        self.progress.note(f"max_wall_time_s reached after step {self.step}; stopping")
+                        break
+                    self.step += 1
+                    metrics = self._train_step()
+                    last = self.step == cfg.trainer.total_steps
+                    if (cfg.eval.every and self.step % cfg.eval.every == 0) or last:
+                        metrics.update(self._evaluate())
+                    self._log(self.step, metrics, start)
+                    if cfg.trainer.checkpoint_every and self.step % cfg.trainer.checkpoint_every == 0:
+                        self._save(start)
+                if not self.eval_history or self.eval_history[-1]["step"] != self.step:
+                    self._log(self.step, self._evaluate(), start)
+                self._save(start)
+            return self._finish(start)
+        finally:
+            self._close()
+
+    def _elapsed(self, start: float) -> float:
+        return self.wall_time_before + time.perf_counter() - start
+
+    def _warm_up(self) -> None:
+        cfg = self.cfg
+        if cfg.sft.steps > 0:
+            self.progress.start_sft(cfg.sft.steps)
+            run_sft(cfg, self.learners, self.renderer, self.train_records, self.pad_id, self.progress.sft_step)
+            self.learners.call("reset_optimizer", cfg.learner.lr)
+        if self.spec.needs_reference:
+            self.learners.call("enable_reference")
+
+    def _restore(self, path: Path) -> int:
+        state = ckpt.load_trainer_state(path)
+        if self.spec.needs_reference:
+            self.learners.call("enable_reference")
+        self.learners.call("load_checkpoint", str(path))
+        self.source.load_state_dict(state["source"])
+        ckpt.restore_rng(state["rng"])
+        self.step = state["step"]
+        self.samples_generated = state["samples_generated"]
+        self.wall_time_before = state["wall_time_s"]
+        self.eval_history = state["eval_history"]
+        self.progress.note(f"resumed from {path} at step {self.step}")
+        return self.step
+
+    # ------------------------------------------------------------------ step
+
+    def _sample_seed(self, prompt_index: int, sample_index: int) -> int:
+        """Per-sample seeds make generation reproducible across restarts and worker counts."""
+        return int(np.random.SeedSequence([self.cfg.seed, self.step, prompt_index, sample_index]).generate_state(1)[0] >> 1)
+
+    def _sampling(self, temperature: float) -> SamplingConfig:
+        return SamplingConfig(
+            max_new_tokens=self.cfg.rollout.max_new_tokens, temperature=temperature,
+            top_p=self.cfg.rollout.top_p, stop_token_ids=[self.tokenizer.eos_token_id],
+        )
+
+    def _train_step(self) -> dict:
+        cfg, rc = self.cfg, self.cfg.rollout
+        timings: dict[str, float] = {}
+        t_step = time.perf_counter()
+        records = self.source.next_batch()
+        prompt_ids = [self.renderer.ids(r) for r in records]
+        requests, owners = [], []
+        for i, ids in enumerate(prompt_ids):
+            for j in range(rc.n_samples):
+                requests.append(Request(ids, self._sample_seed(i, j)))
+                owners.append(i)
+        t = time.perf_counter()
+        completions = self.rollout.generate(requests, self._sampling(rc.temperature))
+        timings["time/generate_s"] = time.perf_counter() - t
+        self.samples_generated += len(completions)
+
+        t = time.perf_counter()
+        results = self._score([records[i] for i in owners], [prompt_ids[i] for i in owners], completions)
+        timings["time/reward_s"] = time.perf_counter() - t
+
+        rewards = torch.tensor([r.score for r in results], dtype=torch.float32)
+        advantages = self.advantage_fn(rewards, torch.tensor(owners), **self.advantage_kwargs)
+        batch = build_batch(
+            [requests[k].prompt_ids for k in range(len(requests))], [c.token_ids for c in completions], self.pad_id,
+            rollout_logprobs=[c.logprobs for c in completions], advantages=advantages.numpy(),
+        )
+        t = time.perf_counter()
+        multi_pass = cfg.learner.mini_batches > 1 or cfg.learner.epochs > 1
+        if multi_pass and self.spec.needs_old_logprobs:
+            batch["old_logp"] = self.learners.compute_logprobs(batch, rc.temperature)
+        if self.spec.needs_reference:
+            batch["ref_logp"] = self.learners.compute_logprobs(batch, rc.temperature, reference=True)
+        timings["time/logprob_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        hparams = {
+            "temperature": rc.temperature, "clip_low": cfg.algorithm.clip_low, "clip_high": cfg.algorithm.clip_high,
+            "dual_clip_c": cfg.algorithm.dual_clip_c, "kl_coef": cfg.algorithm.kl_coef,
+            "kl_estimator": cfg.algorithm.kl_estimator, "loss_agg": cfg.algorithm.loss_agg,
+            "max_tokens": rc.max_new_tokens,
+        }
+        train_metrics = self.learners.train(batch, self.spec.policy_loss, hparams)
+        timings["time/update_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        check = [requests[k].prompt_ids + completions[k].token_ids for k in range(min(cfg.trainer.logprob_check_sequences, len(requests)))]
+        mismatch = self._sync_weights(check=True, sequences=check)
+        timings["time/sync_s"] = time.perf_counter() - t
+        timings["time/step_s"] = time.perf_counter() - t_step
+
+        lengths = np.array([c.length for c in completions])
+        correct = [bool(r.correct) for r in results]
+        metrics = {
+            "reward/mean": float(rewards.mean()),
+            "reward/std": float(rewards.std()),
+            "reward/accuracy": float(np.mean(correct)),
+            "reward/failures": sum(r.failed for r in results),
+            "response/length_mean": float(lengths.mean()),
+            "response/length_max": int(lengths.max()),
+            "response/truncated_frac": float(np.mean([c.finish_reason == "length" for c in completions])),
+            "sync/logprob_diff_max": mismatch,
+            "throughput/gen_tokens_per_s": float(lengths.sum() / max(timings["time/generate_s"], 1e-9)),
+            "samples/generated": self.samples_generated,
+            **train_metrics, **timings, **self.pool.pop_metrics(),
+        }
+        metrics["time/overhead_frac"] = 1.0 - sum(
+            timings[k] for k in ("time/generate_s", "time/reward_s", "time/logprob_s", "time/update_s", "time/sync_s")
+        ) / timings["time/step_s"]
+        self._write_samples(records, owners, completions, results)
+        return metrics
+
+    def _score(self, records: list[dict], prompt_ids, completions) -> list:
+        items = [
+            RewardInput(
+                prompt=r["prompt"], completion=self.tokenizer.decode(c.token_ids, skip_special_tokens=True),
+                ground_truth=str(r["answer"]), metadata=r.get("metadata") or {},
+            )
+            for r, c in zip(records, completions)
+        ]
+        return self.pool.score(items)
+
+    def _sync_weights(self, check: bool, sequences: list[list[int]] | None = None) -> float | None:
+        """Push learner weights to every engine, then measure how far their log-probs differ."""
+        ref = self.learners.gather_weights()
+        self.rollout.update_weights(ref, self.step)
+        del ref
+        if not check or not sequences:
+            return None
+        ours = self.learners.sequence_logprobs(sequences)
+        theirs = self.rollout.sequence_logprobs(sequences)
+        diff = max(float(np.max(np.abs(np.array(a) - np.array(b)))) for a, b in zip(ours, theirs))
+        if diff > self.cfg.trainer.logprob_mismatch_threshold:
+            raise LogprobMismatchError(
+                f"step {self.step}: rollout and learner log-probs differ by {diff:.4g} after weight sync "
+                f"(> trainer.logprob_mismatch_threshold={self.cfg.trainer.logprob_mismatch_threshold})"
+            )
+        return diff
+
+    # ------------------------------------------------------------------ eval
+
+    def _evaluate(self) -> dict:
+        t = time.perf_counter()
+        records = self.eval_records
+        prompt_ids = [self.renderer.ids(r) for r in records]
+        requests = [Request(ids, 0) for ids in prompt_ids]
+        completions = self.rollout.generate(requests, self._sampling(self.cfg.eval.temperature))
+        results = self._score(records, prompt_ids, completions)
+        correct = np.array([bool(r.correct) for r in results], dtype=float)
+        metrics = {"eval/accuracy": float(correct.mean()), "eval/num_prompts": len(records)}
+        by_level: dict[str, list[float]] = {}
+        for rec, ok in zip(records, correct):
+            level = rec.get("difficulty")
+            if level is not None:
+                by_level.setdefault(str(level), []).append(ok)
+        for level, values in sorted(by_level.items()):
+            metrics[f"eval/accuracy_d{level}"] = float(np.mean(values))
+        metrics["time/eval_s"] = time.perf_counter() - t
+        self.eval_history.append({"step": self.step, "accuracy": metrics["eval/accuracy"]})
+        self.progress.eval_done(self.step, metrics["eval/accuracy"])
+        self.pool.pop_metrics()  # eval scoring is not training reward throughput
+        return metrics
+
+    # --------------------------------------------------------------- logging
+
+    def _log(self, step: int, metrics: dict, start: float) -> None:
+        metrics["time/wall_s"] = self._elapsed(start)
+        self.tracker.log(step, metrics)
+        self.progress.step_done(step, metrics)
+
+    def _write_samples(self, records, owners, completions, results) -> None:
+        k = self.cfg.trainer.log_samples
+        if k <= 0:
+            return
+        out = self.run_dir / "samples"
+        out.mkdir(exist_ok=True)
+        with (out / f"step_{self.step}.jsonl").open("w") as f:
+            for idx in range(min(k, len(completions))):
+                rec, res = records[owners[idx]], results[idx]
+                f.write(json.dumps({
+                    "prompt": rec["prompt"], "answer": rec["answer"],
+                    "completion": self.tokenizer.decode(completions[idx].token_ids),
+                    "score": res.score, "failed": res.failed, "reason": res.reason,
+                }) + "\n")
+
+    def _save(self, start: float) -> None:
+        state = {
+            "step": self.step, "source": self.source.state_dict(), "rng": ckpt.capture_rng(),
+            "samples_generated": self.samples_generated, "wall_time_s": self._elapsed(start),
+            "eval_history": self.eval_history,
+        }
+        ckpt.save_checkpoint(
+            self.run_dir, self.step, state,
+            lambda tmp: self.learners.call("save_checkpoint", str(tmp)), self.cfg.trainer.keep_last,
+        )
+
+    def _finish(self, start: float) -> dict:
+        evals = self.eval_history
+        summary = {
+            "name": self.cfg.name, "steps": self.step, "wall_time_s": round(self._elapsed(start), 2),
+            "samples_generated": self.samples_generated,
+            "eval_accuracy_first": evals[0]["accuracy"] if evals else None,
+            "eval_accuracy_last": evals[-1]["accuracy"] if evals else None,
+            "eval_accuracy_best": max(e["accuracy"] for e in evals) if evals else None,
+            "run_dir": str(self.run_dir),
+        }
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        plot_learning_curve(self.run_dir)
+        self.tracker.close()
+        self.progress.summary(summary)
+        return summary
+
+    def _close(self) -> None:
+        pool = getattr(self, "pool", None)
+        if pool is not None:
+            pool.close()
+        for group in ("rollout", "learners"):
+            handle = getattr(self, group, None)
+            if handle is not None:
+                topology.shutdown_group(handle.workers)

