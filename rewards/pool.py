@@ -8,7 +8,11 @@ that item only. Every input gets exactly one result, in input order.
 Workers are started (non-blocking) when the pool is constructed, so their ~0.5-1 s spawn and
 import cost overlaps with whatever the caller does next (e.g. generation); ``score`` dispatches
 to each worker as soon as it reports ready. Workers are daemonic, so a reward function cannot
-itself use ``multiprocessing.Process`` (``subprocess`` is fine).
+itself use ``multiprocessing.Process`` (``subprocess`` is fine; a killed worker takes its
+process group, and so such subprocesses, with it). POSIX only.
+
+A reward that cannot be loaded inside the workers (import error, broken pickle) is a
+configuration error: ``score`` raises RewardError instead of returning failed results.
 """
 
 from __future__ import annotations
@@ -112,12 +116,12 @@ class RewardPool:
             if not isinstance(item, RewardInput):
                 raise TypeError(f"RewardPool.score expects RewardInput items, got {type(item).__name__}")
         self._check_open()
-        start = time.monotonic()
-        with self._score_lock:
+        with self._score_lock:  # one batch at a time; time spent queueing here is not counted
             self._check_open()
+            start = time.monotonic()
             results = self._run(items)
+            elapsed = time.monotonic() - start
             timeouts, replaced = self._batch_timeouts, self._batch_replaced
-        elapsed = time.monotonic() - start
         self._record(
             {
                 "reward/num_scored": len(results),
@@ -157,7 +161,11 @@ class RewardPool:
         return [w.process.pid for w in self._workers]
 
     def close(self) -> None:
-        """Stop accepting work, let an in-flight batch finish with 'pool closed' failures, kill workers."""
+        """Stop accepting work and kill the workers.
+
+        An in-flight batch returns promptly with 'pool closed' failures for its unfinished
+        items; batches still queued by ``submit`` are cancelled.
+        """
         if self._closed:
             return
         self._closed = True

@@ -374,6 +374,11 @@ def _coerce(tp: Any, value: Any, key: str, source: str, lines: dict[str, int]) -
             raise bad("an integer")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad("a number") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("a number")
         return float(value)

@@ -33,7 +33,9 @@ class Progress:
         self._sft = self._bar.add_task("SFT warm-up", total=steps, info="")
 
     def sft_step(self, step: int, metrics: dict) -> None:
-        self._bar.update(self._sft, completed=step, info=f"nll {metrics.get('train/nll', float('nan')):.3f}")
+        info = f"nll {metrics.get('train/nll', float('nan')):.3f}"
+        self._bar.update(self._sft, completed=step, info=info)
+        self._plain(f"sft step {step}: {info}", step % 50 == 0)
 
     def start_rl(self, total: int, done: int) -> None:
         self._rl = self._bar.add_task("RL", total=total, completed=done, info="")
@@ -51,6 +53,12 @@ class Progress:
             f"  eval {self._last_eval}  {metrics.get('time/step_s', 0):.2f}s/step"
         )
         self._bar.update(self._rl, completed=step, info=info)
+        self._plain(f"step {step}: {info}", True)
+
+    def _plain(self, line: str, due: bool) -> None:
+        """Logs and CI are not terminals: a live bar never renders there, so print lines."""
+        if self.enabled and due and not self.console.is_terminal:
+            self.console.print(f"[rlcore] {line}", highlight=False)
 
     def summary(self, summary: dict) -> None:
         table = Table(title="run summary")

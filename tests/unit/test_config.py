@@ -1,0 +1,92 @@
+"""Config errors must name the key and the file (and line) before any worker starts."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlcore.config import ConfigError, load_config
+
+GOOD = """\
+name: t
+model:
+  path: some/model
+rollout:
+  n_samples: 4
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_good_config_and_overrides(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD), ["rollout.temperature=0.7", "learner.lr=3e-4", "data.fields={prompt: q}"])
+    assert cfg.rollout.n_samples == 4
+    assert cfg.rollout.temperature == 0.7
+    assert cfg.learner.lr == pytest.approx(3e-4)
+    assert cfg.data.fields == {"prompt": "q"}
+    assert cfg.run_dir == Path("runs/t")
+
+
+def test_unknown_key_names_key_file_and_line(tmp_path):
+    path = write(tmp_path, GOOD + "  n_sampels: 8\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert "rollout.n_sampels" in msg and f"{path}:6" in msg and "n_samples" in msg
+
+
+def test_wrong_type_names_key_and_line(tmp_path):
+    path = write(tmp_path, GOOD.replace("n_samples: 4", "n_samples: four"))
+    with pytest.raises(ConfigError, match=r"exp.yaml:5: rollout.n_samples: expected an integer"):
+        load_config(path)
+
+
+def test_bool_is_not_an_int_and_literal_choices(tmp_path):
+    with pytest.raises(ConfigError, match="expected an integer"):
+        load_config(write(tmp_path, GOOD), ["rollout.n_samples=true"])
+    with pytest.raises(ConfigError, match="rollout.engine: expected one of 'vllm', 'hf'"):
+        load_config(write(tmp_path, GOOD), ["rollout.engine=sglang"])
+
+
+def test_missing_required_model_path(tmp_path):
+    with pytest.raises(ConfigError, match="model.path: required"):
+        load_config(write(tmp_path, "name: t\n"))
+
+
+def test_override_errors_say_override(tmp_path):
+    with pytest.raises(ConfigError, match="command-line override learner.lrr"):
+        load_config(write(tmp_path, GOOD), ["learner.lrr=1"])
+    with pytest.raises(ConfigError, match="expected key.sub=value"):
+        load_config(write(tmp_path, GOOD), ["learner.lr"])
+
+
+def test_cross_field_validation(tmp_path):
+    with pytest.raises(ConfigError, match="does not split evenly"):
+        load_config(write(tmp_path, GOOD), ["learner.num_ranks=3"])
+    with pytest.raises(ConfigError, match="algorithm.name"):
+        load_config(write(tmp_path, GOOD), ["algorithm.name=nope"])
+    with pytest.raises(ConfigError, match="resume"):
+        load_config(write(tmp_path, GOOD), ["resume=yesterday"])
+
+
+def test_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(write(tmp_path, "model: [unclosed\n"))
+
+
+def test_shipped_experiments_load():
+    for path in sorted(Path("experiments").glob("*.yaml")):
+        load_config(path)
+
+
+def test_cli_reports_config_error_and_exits_2(tmp_path):
+    path = write(tmp_path, GOOD + "  bogus: 1\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlcore.cli", "train", str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2
+    assert f"{path}:6" in proc.stderr and "rollout.bogus" in proc.stderr
