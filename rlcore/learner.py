@@ -184,7 +184,7 @@ class LearnerWorker:
             )
             if loss == "sft":
                 value = aggregate(-logp, mask, "token-mean", token_normalizer=tokens)
-                metrics = {"nll": float((-logp * mask).sum() / mask.sum().clamp(min=1))}
+                metrics = {"nll": float((-logp.detach() * mask).sum() / mask.sum().clamp(min=1))}
             else:
                 out = get_policy_loss(loss)(
                     PolicyLossInput(
@@ -213,7 +213,7 @@ class LearnerWorker:
             weights += w
             metrics["entropy"] = float((entropy * mask).sum() / mask.sum().clamp(min=1))
             # Micro-batch losses use global normalisers, so their sum (over ranks too) is the loss.
-            sums["loss"] = sums.get("loss", 0.0) + float(value)
+            sums["loss"] = sums.get("loss", 0.0) + float(value.detach())
             for k, v in metrics.items():
                 if k.endswith("_max"):
                     sums[k] = max(sums.get(k, -np.inf), v)

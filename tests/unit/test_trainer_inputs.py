@@ -1,0 +1,60 @@
+"""Bad data and bad reward specs fail in Trainer(), before Ray or any worker starts."""
+import pytest
+
+from rlcore.config import config_from_dict
+from rlcore.data.loader import DataError
+from rlcore.trainer import Trainer
+from rewards import RewardError
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from rlcore.tiny_model import ensure_tiny_model
+
+    return str(ensure_tiny_model(tmp_path_factory.mktemp("m") / "tiny", hidden_size=32, num_layers=1, num_heads=2,
+                                 num_kv_heads=1, intermediate_size=64))
+
+
+def _cfg(tmp_path, tiny, **data):
+    return config_from_dict({
+        "output_dir": str(tmp_path / "runs"), "model": {"path": tiny},
+        "data": {"task": "file", **data}, "tracking": {"progress": False},
+    })
+
+
+def test_bad_dataset_row_names_file_and_line(tmp_path, tiny):
+    import ray
+
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"question": "1+1", "answer": "2"}\n{"question": "2+2", "answer": "4"}\n{"q": "3+3"}\n')
+    cfg = _cfg(tmp_path, tiny, train_path=str(data), fields={"prompt": "question"})
+    with pytest.raises(DataError, match=r"train.jsonl:3: missing field 'question'"):
+        Trainer(cfg)
+    assert not ray.is_initialized()
+
+
+def test_invalid_json_line(tmp_path, tiny):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"prompt": "1+1", "answer": "2"}\n{"prompt": "2+2", "answer": \n')
+    with pytest.raises(DataError, match=r"train.jsonl:2"):
+        Trainer(_cfg(tmp_path, tiny, train_path=str(data)))
+
+
+def test_loads_good_file_with_field_mapping(tmp_path, tiny):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"problem": "1+1=", "solution": "2"}\n{"problem": "2+2=", "solution": "4"}\n')
+    cfg = _cfg(tmp_path, tiny, train_path=str(data), fields={"prompt": "problem", "answer": "solution"})
+    cfg.rollout.prompts_per_step = 2
+    trainer = Trainer(cfg)
+    assert [r["answer"] for r in trainer.train_records] == ["2", "4"]
+    ids = trainer.renderer.ids(trainer.train_records[0])
+    assert trainer.tokenizer.decode(ids).endswith("<|im_start|>assistant\n")
+
+
+def test_unknown_reward_fails_early(tmp_path, tiny):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"prompt": "1+1=", "answer": "2"}\n')
+    cfg = _cfg(tmp_path, tiny, train_path=str(data))
+    cfg.reward.fn = "no_such_reward"
+    with pytest.raises(RewardError, match="no_such_reward"):
+        Trainer(cfg)
