@@ -27,7 +27,7 @@ def _train(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(config, overrides)
         trainer = Trainer(cfg)
-    except (ConfigError, DataError, FileNotFoundError) as e:
+    except (ConfigError, DataError, FileNotFoundError, FileExistsError) as e:
         print(f"rlcore: {e}", file=sys.stderr)
         return 2
     trainer.run()

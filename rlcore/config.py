@@ -152,6 +152,7 @@ class ExperimentConfig:
     seed: int = 0
     output_dir: str = "runs"
     resume: str = ""  # "" | "latest" | "step_N"
+    overwrite: bool = False  # start fresh in a run directory that already has checkpoints
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -73,6 +74,12 @@ class Trainer:
 
     def _find_resume(self) -> Path | None:
         if not self.cfg.resume:
+            existing = ckpt.list_checkpoints(self.run_dir)
+            if existing and not self.cfg.overwrite:
+                raise FileExistsError(
+                    f"{self.run_dir} already has checkpoints ({existing[-1].name}); continue it with "
+                    f"resume=latest, start over with overwrite=true, or pick another name=..."
+                )
             return None
         return ckpt.resolve_checkpoint(self.run_dir, self.cfg.resume)
 
@@ -92,6 +99,8 @@ class Trainer:
     def run(self) -> dict:
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.resume_from is None and cfg.overwrite:
+            shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
         save_config(cfg, self.run_dir / "config.yaml")
         start = time.perf_counter()
         self._start_workers()

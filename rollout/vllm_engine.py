@@ -5,6 +5,7 @@ tensors through `collective_rpc("reload_weights")` and nothing leaks into /dev/s
 """
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 
@@ -28,6 +29,9 @@ class VLLMEngine(Engine):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default reserves far more
         from vllm import LLM
+
+        # Rotary caches are not weights; vLLM warns on every in-place reload that it kept them.
+        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
 
         self.llm = LLM(
             model=model_path,

@@ -58,3 +58,20 @@ def test_unknown_reward_fails_early(tmp_path, tiny):
     cfg.reward.fn = "no_such_reward"
     with pytest.raises(RewardError, match="no_such_reward"):
         Trainer(cfg)
+
+
+def test_fresh_run_refuses_to_clobber_checkpoints(tmp_path, tiny):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"prompt": "1+1=", "answer": "2"}\n')
+    cfg = _cfg(tmp_path, tiny, train_path=str(data))
+    cfg.rollout.prompts_per_step = 1
+    old = cfg.run_dir / "checkpoints" / "step_3"
+    old.mkdir(parents=True)
+    (old / "trainer_state.json").write_text("{}")
+    with pytest.raises(FileExistsError, match="resume=latest"):
+        Trainer(cfg)
+    cfg.resume = "step_7"
+    with pytest.raises(FileNotFoundError, match="step_7"):
+        Trainer(cfg)
+    cfg.resume, cfg.overwrite = "", True
+    Trainer(cfg)  # explicit opt-in
