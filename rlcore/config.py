@@ -42,6 +42,11 @@ class DataConfig:
     arith_max_operands: int = 4
     arith_max_operand: int = 9
     arith_ops: str = "+"
+    arith_answer_format: Literal["boxed", "plain", "steps"] = "boxed"  # SFT target style
+    # "iid": eval problems drawn from the task distribution with another seed (they may also
+    # occur in training: the space is finite; eval/accuracy_unseen scores the ones that don't).
+    # "disjoint": no eval problem ever appears in training.
+    arith_eval_split: Literal["iid", "disjoint"] = "disjoint"
     n_train: int = 20000
     n_eval: int = 200
 

@@ -9,8 +9,9 @@ from rollout.engine import Completion, Request, SamplingConfig
 
 
 class LearnerGroup:
-    def __init__(self, workers: list):
+    def __init__(self, workers: list, placement=None):
         self.workers = workers
+        self.placement = placement
 
     def _all(self, method: str, *args, **kwargs) -> list:
         return ray.get([getattr(w, method).remote(*args, **kwargs) for w in self.workers])
@@ -45,6 +46,7 @@ class LearnerGroup:
 class RolloutGroup:
     def __init__(self, workers: list):
         self.workers = workers
+        self.placement = None
 
     def generate(self, requests: list[Request], sampling: SamplingConfig) -> list[Completion]:
         """Split requests evenly over workers (prompt-contiguous, for prefix-cache hits)."""

@@ -5,7 +5,7 @@ Rendering happens in one place so the rollout engine and the learner see identic
 from __future__ import annotations
 
 from rlcore.config import DataConfig, ExperimentConfig
-from rlcore.data.arith import ArithConfig, sft_completion, train_eval_split
+from rlcore.data.arith import ArithConfig, generate_problems, sft_completion, train_eval_split
 from rlcore.data.loader import DataError, load_records
 
 
@@ -18,8 +18,16 @@ def load_datasets(cfg: ExperimentConfig) -> tuple[list[dict], list[dict]]:
             max_operands=d.arith_max_operands,
             max_operand=d.arith_max_operand,
             ops=d.arith_ops,
+            answer_format=d.arith_answer_format,
         )
-        return train_eval_split(cfg.seed, d.n_train, d.n_eval, arith)
+        if d.arith_eval_split == "disjoint":
+            return train_eval_split(cfg.seed, d.n_train, d.n_eval, arith)
+        train = generate_problems(d.n_train, cfg.seed, arith)
+        evals = generate_problems(d.n_eval, cfg.seed + 1, arith)
+        seen = {r["metadata"]["problem"] for r in train}
+        for rec in evals:
+            rec["metadata"]["in_train"] = rec["metadata"]["problem"] in seen
+        return train, evals
     train = load_records(d.train_path, fields=d.fields or None)
     evals = load_records(d.eval_path, fields=d.fields or None) if d.eval_path else []
     for where, records in ((d.train_path, train), (d.eval_path, evals)):

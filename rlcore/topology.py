@@ -11,7 +11,7 @@ import os
 import socket
 
 import ray
-from ray.util.placement_group import placement_group
+from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rlcore.config import ExperimentConfig
@@ -57,14 +57,24 @@ def _pick_rendezvous() -> tuple[str, int]:
     return ("127.0.0.1" if ip in ("127.0.0.1", "localhost") else ip), port
 
 
-def create_learner_group(cfg: ExperimentConfig) -> list:
-    """K LearnerWorker actors packed onto as few nodes as possible (NCCL likes neighbours)."""
+def create_learner_group(cfg: ExperimentConfig, timeout_s: float = 300.0) -> tuple[list, object]:
+    """K LearnerWorker actors packed onto as few nodes as possible (NCCL likes neighbours).
+
+    Returns the actors and their placement group; `shutdown_group` releases both.
+    """
     from rlcore.learner import LearnerWorker
 
     lc = cfg.learner
     bundles = [{"CPU": lc.cpus_per_rank, **({"GPU": lc.gpus_per_rank} if lc.gpus_per_rank else {})}] * lc.num_ranks
     pg = placement_group(bundles, strategy="PACK")
-    ray.get(pg.ready())
+    try:
+        ray.get(pg.ready(), timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        remove_placement_group(pg)
+        raise RuntimeError(
+            f"could not place {lc.num_ranks} learner ranks ({bundles[0]} each) within {timeout_s:.0f}s; "
+            f"cluster has {ray.cluster_resources()}, free {ray.available_resources()}"
+        ) from None
     strategy = lambda i: PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)  # noqa: E731
     addr, port = ray.get(_pick_rendezvous.options(scheduling_strategy=strategy(0), num_cpus=0).remote())
     actor_cls = ray.remote(LearnerWorker)
@@ -75,7 +85,7 @@ def create_learner_group(cfg: ExperimentConfig) -> list:
         for rank in range(lc.num_ranks)
     ]
     ray.get([w.ping.remote() for w in workers])
-    return workers
+    return workers, pg
 
 
 def create_rollout_group(cfg: ExperimentConfig) -> list:
@@ -101,7 +111,7 @@ def create_rollout_group(cfg: ExperimentConfig) -> list:
     return workers
 
 
-def shutdown_group(workers: list) -> None:
+def shutdown_group(workers: list, placement=None) -> None:
     """Let engines and process groups close cleanly (vLLM leaks /dev/shm otherwise)."""
     refs = [w.shutdown.remote() for w in workers]
     try:
@@ -110,4 +120,6 @@ def shutdown_group(workers: list) -> None:
         pass
     for w in workers:
         ray.kill(w)
+    if placement is not None:  # a leaked placement group keeps its CPUs/GPUs reserved
+        remove_placement_group(placement)
 

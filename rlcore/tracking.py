@@ -90,8 +90,11 @@ def plot_learning_curve(run_dir: Path) -> Path | None:
     evals = [(r["step"], r["eval/accuracy"]) for r in rows if r.get("eval/accuracy") is not None]
     if train:
         ax.plot(*zip(*train), label="train reward (mean)", alpha=0.6)
+    unseen = [(r["step"], r["eval/accuracy_unseen"]) for r in rows if r.get("eval/accuracy_unseen") is not None]
     if evals:
-        ax.plot(*zip(*evals), marker="o", label="held-out accuracy (greedy)")
+        ax.plot(*zip(*evals), marker="o", label="eval accuracy (greedy)")
+    if unseen:
+        ax.plot(*zip(*unseen), marker=".", linestyle="--", label="eval accuracy, problems never trained on")
     ax.set_xlabel("RL step")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)

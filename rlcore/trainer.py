@@ -87,7 +87,7 @@ class Trainer:
         topology.connect(self.cfg)
         # Both groups load their model concurrently; actor creation does not block.
         rollout_workers = topology.create_rollout_group(self.cfg)
-        self.learners = LearnerGroup(topology.create_learner_group(self.cfg))
+        self.learners = LearnerGroup(*topology.create_learner_group(self.cfg))
         self.rollout = RolloutGroup(rollout_workers)
         self.pool = RewardPool(
             self.reward, num_workers=self.cfg.reward.num_workers,
@@ -290,8 +290,15 @@ class Trainer:
                 by_level.setdefault(str(level), []).append(ok)
         for level, values in sorted(by_level.items()):
             metrics[f"eval/accuracy_d{level}"] = float(np.mean(values))
+        unseen = [ok for rec, ok in zip(records, correct) if (rec.get("metadata") or {}).get("in_train") is False]
+        if unseen:  # problems that never occur in the training set
+            metrics["eval/accuracy_unseen"] = float(np.mean(unseen))
+            metrics["eval/num_unseen"] = len(unseen)
         metrics["time/eval_s"] = time.perf_counter() - t
-        self.eval_history.append({"step": self.step, "accuracy": metrics["eval/accuracy"]})
+        self.eval_history.append({
+            "step": self.step, "accuracy": metrics["eval/accuracy"],
+            "accuracy_unseen": metrics.get("eval/accuracy_unseen"),
+        })
         self.progress.eval_done(self.step, metrics["eval/accuracy"])
         self.pool.pop_metrics()  # eval scoring is not training reward throughput
         return metrics
@@ -337,6 +344,8 @@ class Trainer:
             "eval_accuracy_first": evals[0]["accuracy"] if evals else None,
             "eval_accuracy_last": evals[-1]["accuracy"] if evals else None,
             "eval_accuracy_best": max(e["accuracy"] for e in evals) if evals else None,
+            "eval_accuracy_unseen_first": evals[0].get("accuracy_unseen") if evals else None,
+            "eval_accuracy_unseen_last": evals[-1].get("accuracy_unseen") if evals else None,
             "run_dir": str(self.run_dir),
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -352,4 +361,4 @@ class Trainer:
         for group in ("rollout", "learners"):
             handle = getattr(self, group, None)
             if handle is not None:
-                topology.shutdown_group(handle.workers)
+                topology.shutdown_group(handle.workers, handle.placement)

@@ -21,6 +21,7 @@ Records use the common record format (see :mod:`rlcore.data.loader`)::
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import asdict, dataclass
 
 __all__ = [
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 _ALLOWED_OPS = "+-"
-_FORMATS = ("boxed", "plain")
+_FORMATS = ("boxed", "plain", "steps")
 
 
 @dataclass
@@ -43,7 +44,7 @@ class ArithConfig:
     max_operands: int = 4
     max_operand: int = 9  # operands are drawn uniformly from [0, max_operand]
     ops: str = "+"  # operators to draw from, subset of "+-"; evaluated left to right
-    answer_format: str = "boxed"  # "boxed" -> \boxed{12}; "plain" -> 12
+    answer_format: str = "boxed"  # "boxed" -> \boxed{12}; "plain" -> 12; "steps" -> 3+4=7 7+5=12 \boxed{12}
     prompt_template: str = "{problem}="  # user-message text; "{problem}" is the expression
 
     def __post_init__(self) -> None:
@@ -65,8 +66,25 @@ def format_prompt(problem: str, cfg: ArithConfig | None = None) -> str:
     return cfg.prompt_template.format(problem=problem)
 
 
+def worked_steps(problem: str) -> str:
+    """Left-to-right partial results, e.g. ``"3+4+5"`` -> ``"3+4=7 7+5=12"``.
+
+    Every step is a one-operation fact shared across problems, so a model trained on some
+    problems can solve held-out ones by composing steps it has seen: the chain of thought is
+    what makes held-out generalisation (and RL's gains on it) possible for a tiny model.
+    """
+    parts = re.findall(r"\d+|[+-]", problem)
+    acc = int(parts[0])
+    steps = []
+    for op, x in zip(parts[1::2], parts[2::2]):
+        new = acc + int(x) if op == "+" else acc - int(x)
+        steps.append(f"{acc}{op}{x}={new}")
+        acc = new
+    return " ".join(steps)
+
+
 def format_answer(answer: str, answer_format: str = "boxed") -> str:
-    if answer_format == "boxed":
+    if answer_format in ("boxed", "steps"):
         return "\\boxed{" + answer + "}"
     if answer_format == "plain":
         return answer
@@ -131,7 +149,10 @@ def generate_problems(n: int, seed: int, cfg: ArithConfig | None = None) -> list
 def sft_completion(record: dict) -> str:
     """Target completion for SFT warm-up, e.g. ``"\\boxed{12}"`` (without eos: the trainer
     appends the tokenizer's eos)."""
-    fmt = (record.get("metadata") or {}).get("answer_format", "boxed")
+    meta = record.get("metadata") or {}
+    fmt = meta.get("answer_format", "boxed")
+    if fmt == "steps":
+        return worked_steps(meta["problem"]) + " " + format_answer(str(record["answer"]), fmt)
     return format_answer(str(record["answer"]), fmt)
 
 

@@ -14,9 +14,14 @@ pytestmark = pytest.mark.integration
 DETERMINISTIC_PREFIXES = ("reward/mean", "reward/accuracy", "response/", "train/", "samples/", "sync/")
 
 
+def parity_reward(prompt, completion, ground_truth, metadata):
+    """Varies within every group even for an untrained model, so GRPO has a gradient."""
+    return float(len(completion) % 2)
+
+
 def test_grpo_steps_with_weight_sync_and_logprob_check(ray_cluster, make_config):
     cfg = make_config()
-    summary = Trainer(cfg).run()
+    summary = Trainer(cfg, reward=parity_reward).run()
     assert summary["steps"] == 2
     for key in ("wall_time_s", "eval_accuracy_first", "eval_accuracy_last"):
         assert summary[key] is not None
@@ -87,7 +92,7 @@ def test_logprob_check_detects_unsynced_weights(ray_cluster, tiny_model, make_co
 
     cfg = make_config(learner__num_ranks=1)
     rollout = RolloutGroup(topology.create_rollout_group(cfg))
-    learners = LearnerGroup(topology.create_learner_group(cfg))
+    learners = LearnerGroup(*topology.create_learner_group(cfg))
     try:
         seqs = [[1, 5, 6, 7, 8, 9, 2], [1, 10, 11, 12, 2]]
         ref = learners.gather_weights()
@@ -106,4 +111,4 @@ def test_logprob_check_detects_unsynced_weights(ray_cluster, tiny_model, make_co
             rollout.update_weights(ray.put(partial), 3)
     finally:
         topology.shutdown_group(rollout.workers)
-        topology.shutdown_group(learners.workers)
+        topology.shutdown_group(learners.workers, learners.placement)
