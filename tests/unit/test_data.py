@@ -358,3 +358,26 @@ def test_source_batches_are_copies():
     b = src.next_batch()
     b[0]["prompt"] = "mutated"
     assert all(r["prompt"] != "mutated" for r in recs)
+
+
+def test_worked_steps_completion_chains_partial_sums():
+    from rlcore.data.arith import ArithConfig, generate_problems, sft_completion, worked_steps
+
+    assert worked_steps("3+4+5") == "3+4=7 7+5=12"
+    assert worked_steps("9-4+1") == "9-4=5 5+1=6"
+    rec = generate_problems(1, 3, ArithConfig(answer_format="steps"))[0]
+    text = sft_completion(rec)
+    assert text.startswith(worked_steps(rec["metadata"]["problem"]))
+    assert text.endswith("\\boxed{" + rec["answer"] + "}")
+
+
+def test_iid_eval_split_marks_problems_seen_in_training():
+    from rlcore.config import config_from_dict
+    from rlcore.prompts import load_datasets
+
+    cfg = config_from_dict({"model": {"path": "x"}, "data": {"arith_eval_split": "iid", "n_train": 500, "n_eval": 50}})
+    train, evals = load_datasets(cfg)
+    seen = {r["metadata"]["problem"] for r in train}
+    assert len(evals) == 50
+    assert all(r["metadata"]["in_train"] == (r["metadata"]["problem"] in seen) for r in evals)
+    assert any(r["metadata"]["in_train"] for r in evals) and not all(r["metadata"]["in_train"] for r in evals)

@@ -28,9 +28,10 @@ def test_bad_dataset_row_names_file_and_line(tmp_path, tiny):
     data = tmp_path / "train.jsonl"
     data.write_text('{"question": "1+1", "answer": "2"}\n{"question": "2+2", "answer": "4"}\n{"q": "3+3"}\n')
     cfg = _cfg(tmp_path, tiny, train_path=str(data), fields={"prompt": "question"})
+    ray_was_up = ray.is_initialized()  # other test modules may hold a session cluster
     with pytest.raises(DataError, match=r"train.jsonl:3: missing field 'question'"):
         Trainer(cfg)
-    assert not ray.is_initialized()
+    assert ray.is_initialized() == ray_was_up  # failed before connecting to Ray
 
 
 def test_invalid_json_line(tmp_path, tiny):
