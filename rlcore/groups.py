@@ -13,8 +13,9 @@ class LearnerGroup:
         self.workers = workers
         self.placement = placement
 
-    def _all(self, method: str, *args, **kwargs) -> list:
-        return ray.get([getattr(w, method).remote(*args, **kwargs) for w in self.workers])
+    def call(self, method: str, *args) -> list:
+        """Run a collective method on every rank and wait for all of them."""
+        return ray.get([getattr(w, method).remote(*args) for w in self.workers])
 
     def train(self, batch: dict[str, np.ndarray], loss: str, hparams: dict) -> dict[str, float]:
         shards = shard_batch(batch, len(self.workers))
@@ -30,7 +31,7 @@ class LearnerGroup:
 
     def sequence_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
         # An FSDP forward is a collective: every rank runs it, rank 0's answer is used.
-        return self._all("sequence_logprobs", sequences)[0]
+        return self.call("sequence_logprobs", sequences)[0]
 
     def gather_weights(self):
         """Object ref of rank 0's full weights; stays in the object store."""
@@ -38,9 +39,6 @@ class LearnerGroup:
         ray.get(refs[1:])
         ray.wait(refs[:1])
         return refs[0]
-
-    def call(self, method: str, *args) -> list:
-        return self._all(method, *args)
 
 
 class RolloutGroup:

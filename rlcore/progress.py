@@ -42,11 +42,10 @@ class Progress:
 
     def eval_done(self, step: int, accuracy: float) -> None:
         self._last_eval = f"{accuracy:.3f}"
-        if self._rl is None or not self.enabled:
-            self.console.print(f"[rlcore] eval @ step {step}: held-out accuracy {accuracy:.3f}")
+        self.console.print(f"[rlcore] eval @ step {step}: accuracy {accuracy:.3f}", highlight=False)
 
     def step_done(self, step: int, metrics: dict) -> None:
-        if self._rl is None:
+        if self._rl is None or "reward/mean" not in metrics:  # an eval-only row
             return
         info = (
             f"reward {metrics.get('reward/mean', float('nan')):.3f}  acc {metrics.get('reward/accuracy', float('nan')):.3f}"

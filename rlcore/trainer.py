@@ -191,7 +191,7 @@ class Trainer:
         self.samples_generated += len(completions)
 
         t = time.perf_counter()
-        results = self._score([records[i] for i in owners], [prompt_ids[i] for i in owners], completions)
+        results = self._score([records[i] for i in owners], completions)
         timings["time/reward_s"] = time.perf_counter() - t
 
         rewards = torch.tensor([r.score for r in results], dtype=torch.float32)
@@ -245,7 +245,7 @@ class Trainer:
         self._write_samples(records, owners, completions, results)
         return metrics
 
-    def _score(self, records: list[dict], prompt_ids, completions) -> list:
+    def _score(self, records: list[dict], completions) -> list:
         items = [
             RewardInput(
                 prompt=r["prompt"], completion=self.tokenizer.decode(c.token_ids, skip_special_tokens=True),
@@ -277,10 +277,9 @@ class Trainer:
     def _evaluate(self) -> dict:
         t = time.perf_counter()
         records = self.eval_records
-        prompt_ids = [self.renderer.ids(r) for r in records]
-        requests = [Request(ids, 0) for ids in prompt_ids]
+        requests = [Request(self.renderer.ids(r), 0) for r in records]  # greedy: the seed is unused
         completions = self.rollout.generate(requests, self._sampling(self.cfg.eval.temperature))
-        results = self._score(records, prompt_ids, completions)
+        results = self._score(records, completions)
         correct = np.array([bool(r.correct) for r in results], dtype=float)
         metrics = {"eval/accuracy": float(correct.mean()), "eval/num_prompts": len(records)}
         by_level: dict[str, list[float]] = {}
