@@ -65,15 +65,16 @@ class LearnerWorker:
         """Fresh AdamW moments (e.g. between SFT warm-up and RL, which use different scales)."""
         self.optimizer = self._make_optimizer(lr)
 
-    def enable_reference(self) -> None:
-        """Freeze a copy of the current policy as the KL reference (after any SFT warm-up)."""
+    def enable_reference(self, path: str | None = None) -> None:
+        """Freeze the KL reference: the model at `path`, or a copy of the current policy."""
         mcfg = self.cfg["model"]
-        ref, _ = load_causal_lm(mcfg["path"], "float32", str(self.device), mcfg["attn_implementation"])
+        ref, _ = load_causal_lm(path or mcfg["path"], "float32", str(self.device), mcfg["attn_implementation"])
         ref.requires_grad_(False)
         self._shard(ref, DTYPES[mcfg["dtype"]])
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+        if path is None:
+            from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
-        set_model_state_dict(ref, get_model_state_dict(self.model))
+            set_model_state_dict(ref, get_model_state_dict(self.model))
         self.ref_model = ref.eval()
 
     def ping(self) -> int:
@@ -250,11 +251,15 @@ class LearnerWorker:
 
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(Path(path) / "learner"))
+        self.save_hf_model(str(Path(path) / "model"))
+
+    def save_hf_model(self, path: str) -> None:
+        """A plain HF model directory (loadable by vLLM or from_pretrained), written by rank 0."""
         state = self._full_state()
         if self.rank == 0:
             from safetensors.torch import save_file
 
-            out = Path(path) / "model"
+            out = Path(path)
             out.mkdir(parents=True, exist_ok=True)
             # Shared tensors (tied head) are stored once, as save_pretrained does.
             if self.tied:

@@ -146,12 +146,20 @@ class Trainer:
             run_sft(cfg, self.learners, self.renderer, self.train_records, self.pad_id, self.progress.sft_step)
             self.learners.call("reset_optimizer", cfg.learner.lr)
         if self.spec.needs_reference:
-            self.learners.call("enable_reference")
+            # The reference is the post-SFT policy; keep it on disk so a resumed run uses it too.
+            self.learners.call("save_hf_model", str(self.reference_dir))
+            self.learners.call("enable_reference", str(self.reference_dir))
+
+    @property
+    def reference_dir(self) -> Path:
+        return self.run_dir / "reference_model"
 
     def _restore(self, path: Path) -> int:
         state = ckpt.load_trainer_state(path)
         if self.spec.needs_reference:
-            self.learners.call("enable_reference")
+            if not (self.reference_dir / "config.json").is_file():
+                raise FileNotFoundError(f"{self.reference_dir}: KL reference model missing; cannot resume exactly")
+            self.learners.call("enable_reference", str(self.reference_dir))
         self.learners.call("load_checkpoint", str(path))
         self.source.load_state_dict(state["source"])
         ckpt.restore_rng(state["rng"])

@@ -47,13 +47,15 @@ def test_mismatch_threshold_stops_the_run(ray_cluster, make_config):
         Trainer(cfg).run()
 
 
-def test_resume_is_exact(ray_cluster, make_config):
-    straight = make_config(name="straight", trainer__total_steps=4, trainer__checkpoint_every=2, eval__every=0)
+@pytest.mark.parametrize("kl_coef", [0.0, 0.05], ids=["no_kl", "kl_to_sft_reference"])
+def test_resume_is_exact(ray_cluster, make_config, kl_coef):
+    common = dict(trainer__checkpoint_every=2, eval__every=0, algorithm__kl_coef=kl_coef)
+    straight = make_config(name="straight", trainer__total_steps=4, **common)
     Trainer(straight).run()
 
-    split = make_config(name="split", trainer__total_steps=2, trainer__checkpoint_every=2, eval__every=0)
+    split = make_config(name="split", trainer__total_steps=2, **common)
     Trainer(split).run()
-    resumed = make_config(name="split", trainer__total_steps=4, trainer__checkpoint_every=2, eval__every=0, resume="latest")
+    resumed = make_config(name="split", trainer__total_steps=4, resume="latest", **common)
     Trainer(resumed).run()
 
     def comparable(run_dir):
