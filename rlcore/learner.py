@@ -65,16 +65,12 @@ class LearnerWorker:
         """Fresh AdamW moments (e.g. between SFT warm-up and RL, which use different scales)."""
         self.optimizer = self._make_optimizer(lr)
 
-    def enable_reference(self, path: str | None = None) -> None:
-        """Freeze the KL reference: the model at `path`, or a copy of the current policy."""
+    def enable_reference(self, path: str) -> None:
+        """Freeze the model at `path` (the post-SFT policy the trainer saved) as the KL reference."""
         mcfg = self.cfg["model"]
-        ref, _ = load_causal_lm(path or mcfg["path"], "float32", str(self.device), mcfg["attn_implementation"])
+        ref, _ = load_causal_lm(path, "float32", str(self.device), mcfg["attn_implementation"])
         ref.requires_grad_(False)
         self._shard(ref, DTYPES[mcfg["dtype"]])
-        if path is None:
-            from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
-
-            set_model_state_dict(ref, get_model_state_dict(self.model))
         self.ref_model = ref.eval()
 
     def ping(self) -> int:
