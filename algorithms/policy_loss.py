@@ -20,7 +20,7 @@ tool/environment output).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 import torch
 from torch import Tensor
@@ -59,6 +59,8 @@ class PolicyLossInput:
     token_normalizer: Optional[Number] = None
     seq_normalizer: Optional[Number] = None
     max_tokens: Optional[Number] = None
+    extras: Dict[str, Tensor] = field(default_factory=dict)
+    options: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -44,6 +44,9 @@ class AlgorithmSpec:
         needs_critic: build and train a value model.
         needs_old_logprobs: recompute behaviour-policy log-probs with the
             trainer (for the importance ratio of PPO-style clipping).
+        drop_zero_advantage: drop samples whose advantage is exactly 0 from
+            the update (rejection sampling: RAFT, RAFT++; NFT's uninformative
+            groups), so they neither cost compute nor dilute the normalisers.
     """
 
     name: str
@@ -52,6 +55,7 @@ class AlgorithmSpec:
     needs_reference: bool
     needs_critic: bool
     needs_old_logprobs: bool
+    drop_zero_advantage: bool = False
 
 
 class _Registry:
@@ -105,7 +109,14 @@ _ALGORITHMS = _Registry("algorithm")
 
 
 def register_advantage(name: str) -> Callable[[F], F]:
-    """Register ``fn(rewards[B], group_index[B], **opts) -> advantages[B]``."""
+    """Register ``fn(rewards[B], group_index[B], **opts) -> advantages[B] | dict``.
+
+    Options are passed only if the function's signature names them: ``eps``,
+    ``correct`` (bool ``[B]``, the verifier's verdicts) and any field of the
+    algorithm config. A dict return must hold ``"advantages"``; its other
+    ``[B]`` entries are broadcast over tokens and reach the policy loss as
+    ``PolicyLossInput.extras``.
+    """
     return _ADVANTAGES.register(name)
 
 
