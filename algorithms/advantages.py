@@ -8,9 +8,11 @@ Perspective", arXiv:2503.20783) drops the std division, which otherwise
 up-weights prompts whose rewards barely vary (too easy / too hard).
 
 Conventions:
-* ``std`` is the *unbiased* (Bessel-corrected, ``n - 1``) standard deviation,
-  matching verl's ``compute_grpo_outcome_advantage`` which calls
-  ``torch.std`` with its default ``unbiased=True``.
+* ``std`` is by default the *unbiased* (Bessel-corrected, ``n - 1``)
+  standard deviation, matching verl's ``compute_grpo_outcome_advantage``
+  which calls ``torch.std`` with its default ``unbiased=True``;
+  ``unbiased_std=False`` gives the population std (``n``), under which GRPO
+  is exactly NFT's on-policy limit (see :mod:`algorithms.nft`).
 * Groups of size 1 get advantage 0: a lone sample has no baseline to compare
   against, so it carries no learning signal. (verl instead uses mean 0 / std 1
   there, i.e. advantage = raw reward; we deliberately do not.)
@@ -30,8 +32,13 @@ from torch import Tensor
 from .registry import register_advantage
 
 
-def _group_stats(rewards: Tensor, group_index: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Per-sample (group mean, unbiased group std, group size, group is constant)."""
+def _group_stats(
+    rewards: Tensor, group_index: Tensor, unbiased: bool = True
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-sample (group mean, group std, group size, group is constant).
+
+    The std is Bessel-corrected (``n - 1``) if ``unbiased`` else population (``n``).
+    """
     if rewards.dim() != 1 or group_index.dim() != 1 or rewards.shape != group_index.shape:
         raise ValueError(
             f"rewards and group_index must be 1-D of equal length, got "
@@ -47,7 +54,7 @@ def _group_stats(rewards: Tensor, group_index: Tensor) -> Tuple[Tensor, Tensor, 
     mean = zeros.index_add(0, inv, rewards) / count
     dev = rewards - mean[inv]
     sq = zeros.index_add(0, inv, dev * dev)
-    var = sq / (count - 1).clamp(min=1)
+    var = sq / ((count - 1).clamp(min=1) if unbiased else count)
     std = var.sqrt()
 
     gmax = zeros.scatter_reduce(0, inv, rewards, reduce="amax", include_self=False)
@@ -63,6 +70,7 @@ def grpo_advantages(
     *,
     eps: float = 1e-6,
     norm_by_std: bool = True,
+    unbiased_std: bool = True,
 ) -> Tensor:
     """GRPO outcome advantage ``(R - mean_group) / (std_group + eps)``.
 
@@ -71,6 +79,8 @@ def grpo_advantages(
         group_index: ``[B]`` integer id of the prompt group of each response.
         eps: added to the std so that near-constant groups stay finite.
         norm_by_std: if False, return ``R - mean_group`` (Dr. GRPO).
+        unbiased_std: Bessel-corrected std (default, as verl); False uses
+            the population std.
 
     Returns:
         ``[B]`` advantages in ``rewards``' floating dtype (ints promote to
@@ -80,7 +90,7 @@ def grpo_advantages(
         rewards = rewards.to(torch.get_default_dtype())
     if rewards.numel() == 0:
         return rewards.clone()
-    mean, std, count, constant = _group_stats(rewards, group_index)
+    mean, std, count, constant = _group_stats(rewards, group_index, unbiased_std)
     adv = rewards - mean
     if norm_by_std:
         adv = adv / (std + eps)

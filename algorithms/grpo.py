@@ -2,8 +2,8 @@
 
 GRPO (Shao et al., 2024, arXiv:2402.03300): group-normalised outcome
 advantages, PPO-clip loss, no critic; a reference model only when a KL loss
-is used (``kl_coef > 0``; this package implements KL only as a loss term,
-not as reward shaping). Dr. GRPO (Liu et al., 2025, arXiv:2503.20783): same
+is used (``kl_coef > 0``; ``kl_mode`` puts it in the loss or, as a per-token
+penalty, in the rewards: :func:`algorithms.kl.kl_penalty`). Dr. GRPO (Liu et al., 2025, arXiv:2503.20783): same
 but without std normalisation of advantages (pair it with the
 ``seq-mean-token-sum-norm`` aggregation to also remove the length bias).
 

@@ -30,3 +30,40 @@ def kl_estimate(logp: Tensor, ref_logp: Tensor, kind: str = "k3") -> Tensor:
         log_r = torch.clamp(ref_logp - logp, min=-20.0, max=20.0)
         return torch.clamp(torch.exp(log_r) - log_r - 1.0, min=-10.0, max=10.0)
     raise ValueError(f"unknown KL estimator {kind!r}; available: {', '.join(KL_ESTIMATORS)}")
+
+
+def kl_penalty(
+    logp: Tensor, ref_logp: Tensor, mask: Tensor, coef: float, estimator: str = "k1"
+) -> Tensor:
+    """Per-token KL penalty ``coef * kl_estimate * mask`` for KL-in-reward.
+
+    The alternative to a KL *loss*: InstructGPT-style PPO (Ouyang et al.,
+    2022, arXiv:2203.02155; Ziegler et al., 2019, arXiv:1909.08593) subtracts
+    the penalty from the token reward, ``r_t - penalty_t``. ``k1`` is the
+    usual choice there since the summed reward then estimates the sequence
+    KL without bias. The result is a reward, so it is detached.
+    """
+    if logp.shape != ref_logp.shape or logp.shape != mask.shape:
+        raise ValueError(
+            f"logp, ref_logp and mask must share a shape, got {tuple(logp.shape)}, "
+            f"{tuple(ref_logp.shape)}, {tuple(mask.shape)}"
+        )
+    with torch.no_grad():
+        return coef * kl_estimate(logp, ref_logp, estimator) * mask.to(logp.dtype)
+
+
+def penalized_scores(
+    scores: Tensor,
+    logp: Tensor,
+    ref_logp: Tensor,
+    mask: Tensor,
+    coef: float,
+    estimator: str = "k1",
+) -> Tensor:
+    """Sequence scores ``R - sum_t penalty_t`` ``[B]`` for sequence-level
+    advantages (GRPO and friends), which only see one scalar per response."""
+    pen = kl_penalty(logp, ref_logp, mask, coef, estimator)
+    if scores.dim() != 1 or scores.shape[0] != pen.shape[0]:
+        raise ValueError(f"scores must be [B] with B={pen.shape[0]}, got {tuple(scores.shape)}")
+    dtype = torch.promote_types(scores.dtype, pen.dtype)
+    return scores.to(dtype) - pen.sum(dim=-1).to(dtype)

@@ -46,3 +46,25 @@ def shard_batch(batch: dict[str, np.ndarray], num_shards: int) -> list[dict[str,
         raise ValueError(f"batch of {rows} rows does not split into {num_shards} equal shards")
     size = rows // num_shards
     return [{k: v[i * size : (i + 1) * size] for k, v in batch.items()} for i in range(num_shards)]
+
+
+def select_rows(batch: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    return {k: v[rows] for k, v in batch.items()}
+
+
+def pad_rows(batch: dict[str, np.ndarray], multiple: int) -> dict[str, np.ndarray]:
+    """Append copies of row 0 that carry no loss, so the rows split evenly over ranks and
+    mini-batches (dynamic sample allocation makes the batch size vary from step to step).
+    Only the token ids and attention of the copies are kept: they run through the forward
+    pass like any row (FSDP ranks must do equal work) but every loss-side array is zero."""
+    rows = len(batch["input_ids"])
+    missing = -rows % multiple
+    if missing == 0:
+        return batch
+    out = {}
+    for key, arr in batch.items():
+        filler = np.repeat(arr[:1], missing, axis=0)
+        if key not in ("input_ids", "attention_mask"):
+            filler = np.zeros_like(filler)
+        out[key] = np.concatenate([arr, filler], axis=0)
+    return out

@@ -1,4 +1,4 @@
-"""`rlcore` command line: train (and resume) experiments, build the tiny model."""
+"""`rlcore` command line: train (and resume) experiments, compare configs, build the tiny model."""
 from __future__ import annotations
 
 import argparse
@@ -34,6 +34,20 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from rlcore.compare import SpecError, load_spec, run_compare
+
+    only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
+    try:
+        spec = load_spec(args.spec)
+        report = run_compare(spec, only=only, skip_done=args.skip_done, report_only=args.report_only)
+    except SpecError as e:
+        print(f"rlcore compare: {e}", file=sys.stderr)
+        return 2
+    print(report)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlcore", description="RL post-training for reasoning models")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -42,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("overrides", nargs="*", help="key.sub=value")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its checkpoint")
     train.add_argument("--which", default="latest", help="checkpoint to resume: latest or step_N")
+    comp = sub.add_parser("compare", help="run several configs on the same seeds/budget and write report.md")
+    comp.add_argument("spec", help="compare spec YAML (name, base, runs, seeds, budget_samples, ...)")
+    comp.add_argument("--only", metavar="NAME[,NAME]", help="train only these runs (the report covers all)")
+    comp.add_argument("--report-only", action="store_true", help="rebuild the report from existing run dirs")
+    comp.add_argument("--skip-done", action="store_true", help="skip runs whose summary.json exists and config matches")
     tiny = sub.add_parser("build-tiny-model", help="build a tiny model + tokenizer from scratch (no downloads)")
     tiny.add_argument("out_dir")
     args, extra = parser.parse_known_args(argv)
@@ -52,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides.insert(0, args.config)
             args.config = None
         return _train(args)
+    if args.command == "compare":
+        if extra:
+            parser.error(f"compare: unrecognized arguments: {' '.join(extra)}")
+        return _compare(args)
     if args.command == "build-tiny-model":
         from rlcore.tiny_model import main as tiny_main
 

@@ -45,8 +45,10 @@ class DataConfig:
     arith_answer_format: Literal["boxed", "plain", "steps"] = "boxed"  # SFT target style
     # "iid": eval problems drawn from the task distribution with another seed (they may also
     # occur in training: the space is finite; eval/accuracy_unseen scores the ones that don't).
-    # "disjoint": no eval problem ever appears in training.
-    arith_eval_split: Literal["iid", "disjoint"] = "disjoint"
+    # "disjoint": the problem space is split in two; no eval problem ever appears in training.
+    # "unseen": eval problems drawn from the task distribution, minus those in the training set
+    # (held out like "disjoint", but the training set keeps every basic fact).
+    arith_eval_split: Literal["iid", "disjoint", "unseen"] = "disjoint"
     n_train: int = 20000
     n_eval: int = 200
 
@@ -108,6 +110,49 @@ class AlgorithmConfig:
         "token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"
     ] = "token-mean"
     adv_eps: float = 1e-6
+    kl_mode: Literal["loss", "reward"] = "loss"  # KL as a loss term, or as a reward penalty
+    # PPO (algorithm.name: ppo): GAE and the value loss
+    gamma: float = 1.0
+    lam: float = 1.0
+    whiten_advantages: bool = True
+    value_clip: float | None = 0.5
+    # NFT (algorithm.name: nft)
+    nft_weight_mode: Literal[0, 1, 2] = 2  # 0: 1, 1: 1 - r (Dr.GRPO-like), 2: sqrt((1-r)/r) (GRPO-like)
+    nft_r_clamp: float = 0.02
+    nft_eps_neg: float = 1e-3
+    nft_log_ratio_clamp: float = 10.0
+
+
+@dataclass
+class AllocationConfig:
+    """How many samples each prompt gets (algorithms/allocators.py); budget = prompts x rollout.n_samples."""
+
+    name: str = "uniform"  # uniform | dapo_filter | gvm | difficulty
+    min_samples: int = 4  # gvm/difficulty; with reuse_presamples at least presample_n
+    max_samples: int = 32
+    presample_n: int = 4  # gvm/difficulty: pre-sampling pass for prompts without statistics
+    reuse_presamples: bool = True  # pre-samples join their prompt's group and count in the budget
+    gvm_alpha: float = 1e-3
+    gvm_beta: float = 2.0
+    stats_decay: float = 0.5  # weight of the newest visit in a prompt's running statistics
+    filter_tol: float = 1e-6  # dapo_filter: a group varies if max - min reward > tol
+    max_rounds: int = 4  # dapo_filter: generation rounds to fill the batch with varied groups
+    difficulty_floor: float = 0.05
+
+
+@dataclass
+class CriticConfig:
+    """The value model of PPO: its own FSDP group, initialised from the policy with a fresh value head."""
+
+    num_ranks: int = 1
+    gpus_per_rank: float = 0.0
+    cpus_per_rank: float = 1.0
+    num_threads: int = 0
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    micro_batch_size: int = 64
+    warmup_steps: int = 0  # RL steps that train only the critic before the policy moves
 
 
 @dataclass
@@ -135,6 +180,7 @@ class TrainerConfig:
     logprob_check_sequences: int = 4
     logprob_mismatch_threshold: float = 0.05  # max |logp_rollout - logp_learner|; stop above it
     log_samples: int = 4  # completions written to samples/step_N.jsonl per step
+    max_samples: int = 0  # stop once this many samples were generated (0 = no limit): a sample budget
 
 
 @dataclass
@@ -164,6 +210,8 @@ class ExperimentConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    allocation: AllocationConfig = field(default_factory=AllocationConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -272,6 +320,43 @@ def validate(cfg: ExperimentConfig, source: str) -> None:
         algo_registry.get_algorithm(cfg.algorithm.name)
     except KeyError as e:
         fail("algorithm.name", str(e).strip("'\""))
+    _validate_rl_sections(cfg, fail)
+
+
+def _validate_rl_sections(cfg: ExperimentConfig, fail) -> None:
+    from algorithms.allocators import list_allocators
+
+    ac, algo = cfg.allocation, cfg.algorithm
+    if ac.name not in list_allocators():
+        fail("allocation.name", f"unknown allocator {ac.name!r}; available: {', '.join(list_allocators())}")
+    if not 0 <= ac.min_samples <= ac.max_samples:
+        fail("allocation.min_samples", f"need 0 <= min_samples <= max_samples, got {ac.min_samples}, {ac.max_samples}")
+    if ac.name in ("gvm", "difficulty"):
+        n = cfg.rollout.n_samples
+        if not ac.min_samples <= n <= ac.max_samples:
+            fail("allocation.max_samples", f"the per-prompt budget rollout.n_samples={n} must lie within "
+                 f"[min_samples, max_samples] = [{ac.min_samples}, {ac.max_samples}]")
+        if ac.presample_n < 1:
+            fail("allocation.presample_n", "must be >= 1 for gvm/difficulty")
+        if ac.reuse_presamples and ac.min_samples < ac.presample_n:
+            fail("allocation.min_samples", f"must be >= presample_n ({ac.presample_n}) when reuse_presamples "
+                 "is true: pre-sampled prompts already hold that many samples")
+    if ac.max_rounds < 1:
+        fail("allocation.max_rounds", "must be >= 1")
+    if not 0 < ac.stats_decay <= 1:
+        fail("allocation.stats_decay", "must be in (0, 1]")
+    if cfg.trainer.max_samples < 0:
+        fail("trainer.max_samples", "must be >= 0")
+    if not 0 <= algo.gamma <= 1 or not 0 <= algo.lam <= 1:
+        fail("algorithm.gamma", "gamma and lam must be in [0, 1]")
+    if not 0 < algo.nft_r_clamp < 0.5:
+        fail("algorithm.nft_r_clamp", "must be in (0, 0.5)")
+    if algo.nft_eps_neg <= 0:
+        fail("algorithm.nft_eps_neg", "must be > 0")
+    if cfg.critic.num_ranks < 1 or cfg.critic.micro_batch_size < 1:
+        fail("critic.num_ranks", "critic.num_ranks and critic.micro_batch_size must be >= 1")
+    if cfg.critic.lr <= 0:
+        fail("critic.lr", "must be > 0")
 
 
 # -------------------------------------------------------------------------------- internals

@@ -29,6 +29,17 @@ class LearnerGroup:
         )
         return np.concatenate(parts, axis=0)
 
+    def map_shards(self, method: str, batch: dict[str, np.ndarray], *args) -> list:
+        """Call `method(shard, *args)` on every rank with its equal share of the rows."""
+        shards = shard_batch(batch, len(self.workers))
+        return ray.get([getattr(w, method).remote(s, *args) for w, s in zip(self.workers, shards)])
+
+    def compute_values(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        return np.concatenate(self.map_shards("compute_values", batch), axis=0)
+
+    def train_values(self, batch: dict[str, np.ndarray], hparams: dict) -> dict[str, float]:
+        return reduce_rank_metrics(self.map_shards("train_values", batch, hparams))
+
     def sequence_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
         # An FSDP forward is a collective: every rank runs it, rank 0's answer is used.
         return self.call("sequence_logprobs", sequences)[0]

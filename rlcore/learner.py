@@ -18,6 +18,8 @@ from rollout.model_io import DTYPES, load_causal_lm
 
 
 class LearnerWorker:
+    checkpoint_subdir = "learner"  # DCP shards, under the step's checkpoint directory
+    hf_subdir = "model"  # the HF model directory next to them
     def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int, cfg: dict):
         self.rank, self.world_size, self.cfg = rank, world_size, cfg
         lcfg = cfg["learner"]
@@ -31,10 +33,7 @@ class LearnerWorker:
         torch.manual_seed(cfg["seed"])
 
         mcfg = cfg["model"]
-        # Master weights stay fp32; bf16/fp16 is a compute dtype applied by FSDP's policy.
-        self.model, self.tokenizer = load_causal_lm(
-            mcfg["path"], "float32", str(self.device), mcfg["attn_implementation"], mcfg["trust_remote_code"]
-        )
+        self.model, self.tokenizer = self._load_model(mcfg)
         if lcfg["gradient_checkpointing"]:
             self.model.gradient_checkpointing_enable()
         self.tied = bool(getattr(self.model.config, "tie_word_embeddings", False))
@@ -43,6 +42,12 @@ class LearnerWorker:
         self.optimizer = self._make_optimizer(lcfg["lr"])
 
     # ------------------------------------------------------------------ setup
+
+    def _load_model(self, mcfg: dict):
+        # Master weights stay fp32; bf16/fp16 is a compute dtype applied by FSDP's policy.
+        return load_causal_lm(
+            mcfg["path"], "float32", str(self.device), mcfg["attn_implementation"], mcfg["trust_remote_code"]
+        )
 
     def _shard(self, model: torch.nn.Module, compute_dtype: torch.dtype) -> None:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -199,6 +204,8 @@ class LearnerWorker:
                         token_normalizer=tokens,
                         seq_normalizer=seqs,
                         max_tokens=hparams.get("max_tokens"),
+                        extras={k[6:]: v for k, v in mb.items() if k.startswith("extra/")},
+                        options=hparams,
                     )
                 )
                 value, metrics = out.loss, dict(out.metrics)
@@ -223,6 +230,33 @@ class LearnerWorker:
         result["grad_norm"] = float(grad_norm)
         return result
 
+    def likelihood_grad_norms(self, batch: dict[str, np.ndarray], group_ids: list[int]) -> list[float]:
+        """Per group: norm of the gradient of its rows' token-mean log-likelihood (GVM's G_i).
+
+        Every rank sees the whole batch and takes a strided share of each group's rows, so each
+        backward is one collective over the same group; FSDP's gradient average is undone by
+        scaling with the world size, as in `train`. Parameters are not updated.
+        """
+        self.model.train()
+        groups = np.asarray(group_ids)
+        norms = []
+        for g in sorted(set(group_ids)):
+            rows = np.flatnonzero(groups == g)
+            tokens = float(batch["loss_mask"][rows].sum())
+            mine = rows[self.rank :: self.world_size]
+            weight = 1.0 if len(mine) else 0.0  # a rank without rows joins the collectives at zero
+            self.optimizer.zero_grad(set_to_none=True)
+            for mb in self._micro_batches(batch, mine if len(mine) else rows[:1]):
+                mask = mb["loss_mask"].float() * weight
+                logp, _ = self._logprobs(self.model, mb["input_ids"], mb["attention_mask"], 1.0)
+                loss = -(logp * mask).sum() / max(tokens, 1.0)
+                (loss * self.world_size).backward()
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf"))
+            norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+            norms.append(float(norm))
+        self.optimizer.zero_grad(set_to_none=True)
+        return norms
+
     # ----------------------------------------------------------- weights / ckpt
 
     def _full_state(self) -> dict[str, torch.Tensor]:
@@ -246,8 +280,8 @@ class LearnerWorker:
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(Path(path) / "learner"))
-        self.save_hf_model(str(Path(path) / "model"))
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(Path(path) / self.checkpoint_subdir))
+        self.save_hf_model(str(Path(path) / self.hf_subdir))
 
     def save_hf_model(self, path: str) -> None:
         """A plain HF model directory (loadable by vLLM or from_pretrained), written by rank 0."""
@@ -274,7 +308,7 @@ class LearnerWorker:
 
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
         state = {"model": model_sd, "optim": optim_sd}
-        dcp.load(state, checkpoint_id=str(Path(path) / "learner"))
+        dcp.load(state, checkpoint_id=str(Path(path) / self.checkpoint_subdir))
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
 
     def shutdown(self) -> None:

@@ -23,8 +23,10 @@ def load_datasets(cfg: ExperimentConfig) -> tuple[list[dict], list[dict]]:
         if d.arith_eval_split == "disjoint":
             return train_eval_split(cfg.seed, d.n_train, d.n_eval, arith)
         train = generate_problems(d.n_train, cfg.seed, arith)
-        evals = generate_problems(d.n_eval, cfg.seed + 1, arith)
         seen = {r["metadata"]["problem"] for r in train}
+        if d.arith_eval_split == "unseen":
+            return train, _unseen_problems(d.n_eval, cfg.seed + 1, arith, seen)
+        evals = generate_problems(d.n_eval, cfg.seed + 1, arith)
         for rec in evals:
             rec["metadata"]["in_train"] = rec["metadata"]["problem"] in seen
         return train, evals
@@ -60,3 +62,19 @@ class PromptRenderer:
     def sft_target_ids(self, record: dict) -> list[int]:
         target = record.get("sft_completion") or sft_completion(record)
         return list(self.tok(target, add_special_tokens=False)["input_ids"]) + [self.eos_id]
+
+
+def _unseen_problems(n: int, seed: int, arith: ArithConfig, seen: set[str]) -> list[dict]:
+    """n distinct problems from the task distribution that never occur in training."""
+    draws = generate_problems(50 * n, seed, arith)
+    picked: dict[str, dict] = {}
+    for rec in draws:
+        problem = rec["metadata"]["problem"]
+        if problem not in seen and problem not in picked:
+            rec["metadata"]["in_train"] = False
+            picked[problem] = rec
+            if len(picked) == n:
+                return list(picked.values())
+    raise DataError(f"data.arith_eval_split=unseen: only {len(picked)} of the {n} eval problems asked for are "
+                    "absent from the training set; lower data.n_train or data.n_eval, or widen the task")
+

@@ -2,6 +2,7 @@
 
 driver (Trainer) --generate--> RolloutWorker x N (vLLM or HF engine)
                  --train/logprobs--> LearnerWorker x K (one FSDP2 process group)
+                 --values/train_values--> CriticWorker x C (PPO only: its own FSDP2 group)
                  --gather_weights--> learner rank 0 --object store ref--> every RolloutWorker
 The driver only passes object refs for weights; it never deserialises them.
 """
@@ -14,6 +15,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from algorithms import get_algorithm
 from rlcore.config import ExperimentConfig
 
 # Local clusters stay on loopback; this must be set before Ray starts.
@@ -36,6 +38,8 @@ def connect(cfg: ExperimentConfig) -> None:
         return
     os.environ.update(LOOPBACK_ENV)
     wanted = cfg.rollout.num_workers * cfg.rollout.cpus_per_worker + cfg.learner.num_ranks * cfg.learner.cpus_per_rank
+    if get_algorithm(cfg.algorithm.name)(cfg.algorithm).needs_critic:
+        wanted += cfg.critic.num_ranks * cfg.critic.cpus_per_rank
     num_cpus = cfg.ray.num_cpus or max(int(-(-wanted // 1)), os.cpu_count() or 1)
     ray.init(
         address="local",
@@ -57,32 +61,40 @@ def _pick_rendezvous() -> tuple[str, int]:
     return ("127.0.0.1" if ip in ("127.0.0.1", "localhost") else ip), port
 
 
-def create_learner_group(cfg: ExperimentConfig, timeout_s: float = 300.0) -> tuple[list, object]:
-    """K LearnerWorker actors packed onto as few nodes as possible (NCCL likes neighbours).
+def create_learner_group(cfg: ExperimentConfig, role: str = "policy", timeout_s: float = 300.0) -> tuple[list, object]:
+    """K FSDP ranks packed onto as few nodes as possible (NCCL likes neighbours).
 
-    Returns the actors and their placement group; `shutdown_group` releases both.
+    role "policy" builds LearnerWorkers from `learner:`; role "critic" builds PPO's value model
+    (CriticWorkers) from `critic:` on top of the learner settings. Returns the actors and their
+    placement group; `shutdown_group` releases both.
     """
-    from rlcore.learner import LearnerWorker
+    worker_cfg = cfg.to_dict()
+    if role == "critic":
+        from rlcore.critic import CriticWorker as worker_class
 
-    lc = cfg.learner
-    bundles = [{"CPU": lc.cpus_per_rank, **({"GPU": lc.gpus_per_rank} if lc.gpus_per_rank else {})}] * lc.num_ranks
+        worker_cfg["learner"] = {**worker_cfg["learner"], **worker_cfg["critic"]}
+    else:
+        from rlcore.learner import LearnerWorker as worker_class
+    lc = worker_cfg["learner"]
+    ranks = lc["num_ranks"]
+    bundles = [{"CPU": lc["cpus_per_rank"], **({"GPU": lc["gpus_per_rank"]} if lc["gpus_per_rank"] else {})}] * ranks
     pg = placement_group(bundles, strategy="PACK")
     try:
         ray.get(pg.ready(), timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
         remove_placement_group(pg)
         raise RuntimeError(
-            f"could not place {lc.num_ranks} learner ranks ({bundles[0]} each) within {timeout_s:.0f}s; "
+            f"could not place {ranks} {role} ranks ({bundles[0]} each) within {timeout_s:.0f}s; "
             f"cluster has {ray.cluster_resources()}, free {ray.available_resources()}"
         ) from None
     strategy = lambda i: PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)  # noqa: E731
     addr, port = ray.get(_pick_rendezvous.options(scheduling_strategy=strategy(0), num_cpus=0).remote())
-    actor_cls = ray.remote(LearnerWorker)
+    actor_cls = ray.remote(worker_class)
     workers = [
         actor_cls.options(
-            num_cpus=lc.cpus_per_rank, num_gpus=lc.gpus_per_rank, scheduling_strategy=strategy(rank)
-        ).remote(rank, lc.num_ranks, addr, port, cfg.to_dict())
-        for rank in range(lc.num_ranks)
+            num_cpus=lc["cpus_per_rank"], num_gpus=lc["gpus_per_rank"], scheduling_strategy=strategy(rank)
+        ).remote(rank, ranks, addr, port, worker_cfg)
+        for rank in range(ranks)
     ]
     ray.get([w.ping.remote() for w in workers])
     return workers, pg

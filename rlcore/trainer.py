@@ -5,16 +5,18 @@ into trainer_state.json; the workers hold only what their checkpoints restore.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-from algorithms import get_advantage, get_algorithm
+from algorithms import get_algorithm
+from algorithms.allocators import get_allocator
 from rewards import RewardInput, RewardPool, get_reward
 from rlcore import checkpoint as ckpt
 from rlcore import topology
@@ -24,9 +26,16 @@ from rlcore.data.source import PromptSource
 from rlcore.groups import LearnerGroup, RolloutGroup
 from rlcore.progress import Progress
 from rlcore.prompts import PromptRenderer, load_datasets
+from rlcore.sampling import GroupSampler, is_accepted
 from rlcore.sft import run_sft
 from rlcore.tracking import Tracker, plot_learning_curve
+from rlcore.update import UpdateBuilder
 from rollout.engine import Request, SamplingConfig
+
+
+def _AllocatorSettings(allocation, n_samples: int) -> SimpleNamespace:
+    """The allocation section plus the per-prompt budget from the rollout section."""
+    return SimpleNamespace(**asdict(allocation), n_samples=n_samples)
 
 
 class LogprobMismatchError(RuntimeError):
@@ -39,9 +48,6 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = cfg.run_dir
         self.spec = get_algorithm(cfg.algorithm.name)(cfg.algorithm)
-        self.advantage_fn = get_advantage(self.spec.advantage)
-        accepted = inspect.signature(self.advantage_fn).parameters
-        self.advantage_kwargs = {"eps": cfg.algorithm.adv_eps} if "eps" in accepted else {}
         for module in cfg.reward.imports:
             __import__(module)
         self.reward = reward if reward is not None else cfg.reward.fn
@@ -55,6 +61,14 @@ class Trainer:
         self.train_records, self.eval_records = load_datasets(cfg)
         self.eval_records = self.eval_records[: cfg.eval.num_prompts]
         self.source = PromptSource(self.train_records, cfg.rollout.prompts_per_step, seed=cfg.seed, drop_last=True)
+        ac = cfg.allocation
+        self.allocator = get_allocator(ac.name)(_AllocatorSettings(ac, cfg.rollout.n_samples))
+        self.sampler = GroupSampler(
+            self.allocator, self.source, self.renderer, cfg.rollout.prompts_per_step, cfg.rollout.n_samples,
+            presample_n=ac.presample_n, reuse_presamples=ac.reuse_presamples,
+        )
+        self.update = UpdateBuilder(cfg, self.spec, self.pad_id)
+        self.critic = None
         self.resume_from = self._find_resume()
         self.step = 0
         self.samples_generated = 0
@@ -88,6 +102,8 @@ class Trainer:
         # Both groups load their model concurrently; actor creation does not block.
         rollout_workers = topology.create_rollout_group(self.cfg)
         self.learners = LearnerGroup(*topology.create_learner_group(self.cfg))
+        if self.spec.needs_critic:
+            self.critic = LearnerGroup(*topology.create_learner_group(self.cfg, role="critic"))
         self.rollout = RolloutGroup(rollout_workers)
         self.pool = RewardPool(
             self.reward, num_workers=self.cfg.reward.num_workers,
@@ -120,6 +136,9 @@ class Trainer:
                 while self.step < cfg.trainer.total_steps:
                     if cfg.trainer.max_wall_time_s and self._elapsed(start) > cfg.trainer.max_wall_time_s:
                         self.progress.note(f"max_wall_time_s reached after step {self.step}; stopping")
+                        break
+                    if cfg.trainer.max_samples and self.samples_generated >= cfg.trainer.max_samples:
+                        self.progress.note(f"sample budget of {cfg.trainer.max_samples} spent after step {self.step}")
                         break
                     self.step += 1
                     metrics = self._train_step()
@@ -161,7 +180,10 @@ class Trainer:
                 raise FileNotFoundError(f"{self.reference_dir}: KL reference model missing; cannot resume exactly")
             self.learners.call("enable_reference", str(self.reference_dir))
         self.learners.call("load_checkpoint", str(path))
+        if self.critic is not None:
+            self.critic.call("load_checkpoint", str(path))
         self.source.load_state_dict(state["source"])
+        self.allocator.load_state_dict(state["allocator"])
         ckpt.restore_rng(state["rng"])
         self.step = state["step"]
         self.samples_generated = state["samples_generated"]
@@ -184,74 +206,80 @@ class Trainer:
 
     def _train_step(self) -> dict:
         cfg, rc = self.cfg, self.cfg.rollout
-        timings: dict[str, float] = {}
+        timings = {"time/generate_s": 0.0, "time/reward_s": 0.0}
         t_step = time.perf_counter()
-        records = self.source.next_batch()
-        prompt_ids = [self.renderer.ids(r) for r in records]
-        requests, owners = [], []
-        for i, ids in enumerate(prompt_ids):
-            for j in range(rc.n_samples):
-                requests.append(Request(ids, self._sample_seed(i, j)))
-                owners.append(i)
-        t = time.perf_counter()
-        completions = self.rollout.generate(requests, self._sampling(rc.temperature))
-        timings["time/generate_s"] = time.perf_counter() - t
-        self.samples_generated += len(completions)
+
+        def generate(requests):
+            t = time.perf_counter()
+            out = self.rollout.generate(requests, self._sampling(rc.temperature))
+            timings["time/generate_s"] += time.perf_counter() - t
+            return out
+
+        def score(records, completions):
+            t = time.perf_counter()
+            out = self._score(records, completions)
+            timings["time/reward_s"] += time.perf_counter() - t
+            return out
 
         t = time.perf_counter()
-        results = self._score([records[i] for i in owners], completions)
-        timings["time/reward_s"] = time.perf_counter() - t
-
-        rewards = torch.tensor([r.score for r in results], dtype=torch.float32)
-        advantages = self.advantage_fn(rewards, torch.tensor(owners), **self.advantage_kwargs)
-        batch = build_batch(
-            [requests[k].prompt_ids for k in range(len(requests))], [c.token_ids for c in completions], self.pad_id,
-            rollout_logprobs=[c.logprobs for c in completions], advantages=advantages.numpy(),
+        groups, sample_metrics = self.sampler.sample(
+            lambda p, j: self._sample_seed(p, j), generate, score, self._likelihood_grad_norms
         )
+        self.samples_generated += sample_metrics["samples/step_generated"]
+        timings["time/allocate_s"] = time.perf_counter() - t - timings["time/generate_s"] - timings["time/reward_s"]
+
         t = time.perf_counter()
-        multi_pass = cfg.learner.mini_batches > 1 or cfg.learner.epochs > 1
-        if multi_pass and self.spec.needs_old_logprobs:
-            batch["old_logp"] = self.learners.compute_logprobs(batch, rc.temperature)
-        if self.spec.needs_reference:
-            batch["ref_logp"] = self.learners.compute_logprobs(batch, rc.temperature, reference=True)
+        batch, update_metrics = self.update.build(groups, self.learners, self.critic)
         timings["time/logprob_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        hparams = {
-            "temperature": rc.temperature, "clip_low": cfg.algorithm.clip_low, "clip_high": cfg.algorithm.clip_high,
-            "dual_clip_c": cfg.algorithm.dual_clip_c, "kl_coef": cfg.algorithm.kl_coef,
-            "kl_estimator": cfg.algorithm.kl_estimator, "loss_agg": cfg.algorithm.loss_agg,
-            "max_tokens": rc.max_new_tokens,
-        }
-        train_metrics = self.learners.train(batch, self.spec.policy_loss, hparams)
+        train_metrics: dict = {}
+        if batch is not None:
+            hparams = self.update.hparams()
+            if self.critic is not None:
+                train_metrics.update(self.critic.train_values(batch, {**hparams, "mini_batches": cfg.learner.mini_batches,
+                                                                      "epochs": cfg.learner.epochs}))
+            if self.critic is None or self.step > cfg.critic.warmup_steps:
+                train_metrics.update(self.learners.train(batch, self.spec.policy_loss, hparams))
         timings["time/update_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        check = [requests[k].prompt_ids + completions[k].token_ids for k in range(min(cfg.trainer.logprob_check_sequences, len(requests)))]
+        samples = [(g.prompt_ids, c) for g in groups for c in g.completions]
+        check = [p + c.token_ids for p, c in samples[: cfg.trainer.logprob_check_sequences]]
         mismatch = self._sync_weights(check=True, sequences=check)
         timings["time/sync_s"] = time.perf_counter() - t
         timings["time/step_s"] = time.perf_counter() - t_step
 
-        lengths = np.array([c.length for c in completions])
-        correct = [bool(r.correct) for r in results]
+        results = [r for g in groups for r in g.results]
+        rewards = np.array([float(r.score) for r in results]) if results else np.zeros(1)
+        lengths = np.array([c.length for _, c in samples]) if samples else np.zeros(1)
         metrics = {
             "reward/mean": float(rewards.mean()),
-            "reward/std": float(rewards.std()),
-            "reward/accuracy": float(np.mean(correct)),
+            "reward/std": float(rewards.std(ddof=1)) if len(rewards) > 1 else 0.0,
+            "reward/accuracy": float(np.mean([is_accepted(r) for r in results])) if results else 0.0,
             "reward/failures": sum(r.failed for r in results),
             "response/length_mean": float(lengths.mean()),
             "response/length_max": int(lengths.max()),
-            "response/truncated_frac": float(np.mean([c.finish_reason == "length" for c in completions])),
+            "response/truncated_frac": float(np.mean([c.finish_reason == "length" for _, c in samples])) if samples else 0.0,
             "sync/logprob_diff_max": mismatch,
             "throughput/gen_tokens_per_s": float(lengths.sum() / max(timings["time/generate_s"], 1e-9)),
             "samples/generated": self.samples_generated,
+            **sample_metrics, **update_metrics, **self.allocator.metrics(),
             **train_metrics, **timings, **self.pool.pop_metrics(),
         }
         metrics["time/overhead_frac"] = 1.0 - sum(
-            timings[k] for k in ("time/generate_s", "time/reward_s", "time/logprob_s", "time/update_s", "time/sync_s")
+            timings[k] for k in ("time/generate_s", "time/reward_s", "time/allocate_s", "time/logprob_s",
+                                 "time/update_s", "time/sync_s")
         ) / timings["time/step_s"]
-        self._write_samples(records, owners, completions, results)
+        self._write_samples(groups)
         return metrics
+
+    def _likelihood_grad_norms(self, prompt_ids: list[list[int]], accepted: list[list]) -> list[float]:
+        """GVM's G_i for each group, computed on the policy learners."""
+        prompts = [p for p, comps in zip(prompt_ids, accepted) for _ in comps]
+        owners = [i for i, comps in enumerate(accepted) for _ in comps]
+        batch = build_batch(prompts, [c.token_ids for comps in accepted for c in comps], self.pad_id)
+        return self.learners.call("likelihood_grad_norms", batch, owners)[0]
 
     def _score(self, records: list[dict], completions) -> list:
         items = [
@@ -317,18 +345,18 @@ class Trainer:
         self.tracker.log(step, metrics)
         self.progress.step_done(step, metrics)
 
-    def _write_samples(self, records, owners, completions, results) -> None:
+    def _write_samples(self, groups) -> None:
         k = self.cfg.trainer.log_samples
         if k <= 0:
             return
         out = self.run_dir / "samples"
         out.mkdir(exist_ok=True)
+        rows = [(g.record, c, r) for g in groups for c, r in zip(g.completions, g.results)][:k]
         with (out / f"step_{self.step}.jsonl").open("w") as f:
-            for idx in range(min(k, len(completions))):
-                rec, res = records[owners[idx]], results[idx]
+            for rec, completion, res in rows:
                 f.write(json.dumps({
                     "prompt": rec["prompt"], "answer": rec["answer"],
-                    "completion": self.tokenizer.decode(completions[idx].token_ids),
+                    "completion": self.tokenizer.decode(completion.token_ids),
                     "score": res.score, "failed": res.failed, "reason": res.reason,
                 }) + "\n")
 
@@ -336,12 +364,15 @@ class Trainer:
         state = {
             "step": self.step, "source": self.source.state_dict(), "rng": ckpt.capture_rng(),
             "samples_generated": self.samples_generated, "wall_time_s": self._elapsed(start),
-            "eval_history": self.eval_history,
+            "eval_history": self.eval_history, "allocator": self.allocator.state_dict(),
         }
-        ckpt.save_checkpoint(
-            self.run_dir, self.step, state,
-            lambda tmp: self.learners.call("save_checkpoint", str(tmp)), self.cfg.trainer.keep_last,
-        )
+
+        def save_workers(tmp: Path) -> None:
+            self.learners.call("save_checkpoint", str(tmp))
+            if self.critic is not None:
+                self.critic.call("save_checkpoint", str(tmp))
+
+        ckpt.save_checkpoint(self.run_dir, self.step, state, save_workers, self.cfg.trainer.keep_last)
 
     def _finish(self, start: float) -> dict:
         evals = self.eval_history
@@ -365,7 +396,7 @@ class Trainer:
         pool = getattr(self, "pool", None)
         if pool is not None:
             pool.close()
-        for group in ("rollout", "learners"):
+        for group in ("rollout", "learners", "critic"):
             handle = getattr(self, group, None)
             if handle is not None:
                 topology.shutdown_group(handle.workers, handle.placement)

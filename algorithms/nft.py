@@ -1,0 +1,193 @@
+"""NFT: Negative-aware Fine-Tuning (Chen et al., 2025, "Bridging Supervised
+Learning and Reinforcement Learning in Math Reasoning", arXiv:2505.18116).
+
+NFT is maximum likelihood on self-generated answers that *also* learns from
+the wrong ones. For a prompt with accuracy ``r`` the policy splits as
+``pi_old = r * pi_pos + (1 - r) * pi_neg``; training ``pi`` as the positive
+model implicitly defines a negative model, whose likelihood ratio on a
+negative token is ``(1 - r R) / (1 - r)`` with ``R = pi / pi_old``. Per token:
+
+* positive sample: ``-log R``
+* negative sample: ``-log max((1 - r_hat R) / (1 - r_hat), eps_neg)``
+
+with ``r_hat = clamp(r, c, 1 - c)``, times a prompt weight ``w``. The
+``max(., eps)`` is applied to the value only; the gradient passes straight
+through (as the reference implementation does) so a negative token whose
+implicit ratio has collapsed keeps being pushed down.
+
+At ``R = 1`` (strict on-policy) the token gradient is ``-w`` for positives and
+``+w r_hat / (1 - r_hat)`` for negatives, i.e. the policy gradient with
+advantage ``w * (+1 | -r_hat / (1 - r_hat))``. With binary rewards this is
+GRPO's advantage (population std, eps 0) for ``w = sqrt((1 - r) / r)`` and
+Dr. GRPO's for ``w = 1 - r`` -- the paper's equivalence result.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import torch
+from torch import Tensor
+
+from .advantages import _group_stats
+from .aggregation import aggregate
+from .kl import kl_estimate
+from .policy_loss import PolicyLossInput, PolicyLossOutput, _masked_mean, _validate
+from .registry import AlgorithmSpec, register_advantage, register_algorithm, register_policy_loss
+
+NFT_WEIGHT_MODES = (0, 1, 2)
+NFT_EXTRAS = ("nft_r_hat", "nft_positive", "nft_weight")
+DEFAULT_LOG_RATIO_CLAMP = 10.0
+DEFAULT_EPS_NEG = 1e-3
+
+
+def positive_mask(rewards: Tensor, correct: Optional[Tensor]) -> Tensor:
+    """Bool ``[B]``: the verifier's verdict if given, else ``rewards > 0.5``."""
+    if correct is None:
+        return rewards > 0.5
+    if correct.shape != rewards.shape:
+        raise ValueError(f"correct shape {tuple(correct.shape)} != rewards shape {tuple(rewards.shape)}")
+    return correct.to(rewards.device).bool()
+
+
+@register_advantage("nft")
+def nft_advantages(
+    rewards: Tensor,
+    group_index: Tensor,
+    *,
+    correct: Optional[Tensor] = None,
+    nft_r_clamp: float = 0.02,
+    nft_weight_mode: int = 2,
+) -> Dict[str, Tensor]:
+    """Per-sample NFT quantities (all ``[B]``).
+
+    Args:
+        rewards, group_index: as for :func:`algorithms.grpo_advantages`.
+        correct: bool verdicts; a sample is positive iff correct.
+        nft_r_clamp: ``r_hat = clamp(r, c, 1 - c)`` keeps the negative
+            term finite; must be in ``(0, 0.5)``.
+        nft_weight_mode: prompt weight ``w``: 0 -> 1; 1 -> ``1 - r_hat``
+            (Dr. GRPO-equivalent); 2 -> ``sqrt((1 - r_hat) / r_hat)``
+            (GRPO-equivalent). Groups with ``r`` in {0, 1} get ``w = 0``:
+            without contrast NFT reduces to plain SFT / unlikelihood, which
+            the GRPO family also ignores.
+
+    Returns:
+        ``{"advantages": w * (+1 | -r_hat/(1-r_hat)), "nft_r_hat",
+        "nft_positive" (1.0/0.0), "nft_weight"}``. ``advantages`` is the
+        on-policy-equivalent advantage, for logging and for dropping
+        uninformative samples; the loss uses the other three.
+    """
+    if nft_weight_mode not in NFT_WEIGHT_MODES:
+        raise ValueError(f"nft_weight_mode must be one of {NFT_WEIGHT_MODES}, got {nft_weight_mode!r}")
+    if not 0.0 < nft_r_clamp < 0.5:
+        raise ValueError(f"nft_r_clamp must be in (0, 0.5), got {nft_r_clamp}")
+    dtype = rewards.dtype if rewards.dtype.is_floating_point else torch.get_default_dtype()
+    pos = positive_mask(rewards, correct).to(dtype)
+    if pos.numel() == 0:
+        return {k: pos.clone() for k in ("advantages",) + NFT_EXTRAS}
+
+    r, _, _, constant = _group_stats(pos, group_index)
+    informative = ~constant  # also excludes singleton groups
+    r_hat = r.clamp(nft_r_clamp, 1.0 - nft_r_clamp)
+    if nft_weight_mode == 0:
+        w = torch.ones_like(r_hat)
+    elif nft_weight_mode == 1:
+        w = 1.0 - r_hat
+    else:
+        w = torch.sqrt((1.0 - r_hat) / r_hat)
+    zero = torch.zeros_like(w)
+    w = torch.where(informative, w, zero)
+    adv = w * torch.where(pos > 0, torch.ones_like(r_hat), -r_hat / (1.0 - r_hat))
+    adv = torch.where(informative, adv, zero)
+    return {"advantages": adv, "nft_r_hat": r_hat, "nft_positive": pos, "nft_weight": w}
+
+
+@register_policy_loss("nft")
+def nft_policy_loss(inp: PolicyLossInput) -> PolicyLossOutput:
+    """NFT loss (+ ``kl_coef * KL(pi || ref)``), aggregated like
+    :func:`algorithms.clipped_policy_loss`.
+
+    Reads ``inp.extras`` ``nft_r_hat`` / ``nft_positive`` / ``nft_weight``
+    (``[B, T]``, from :func:`nft_advantages`) and ``inp.options``
+    ``nft_log_ratio_clamp`` (default 10; clamps ``log R`` both ways) and
+    ``nft_eps_neg`` (default 1e-3; value floor of the negative ratio).
+
+    Metrics: ``pg_loss`` (token mean of the weighted NFT term),
+    ``approx_kl``, ``ratio_mean``, ``ratio_max``, ``neg_clipfrac`` (fraction
+    of negative tokens whose implicit ratio hit ``eps_neg``), ``kl``.
+    """
+    _validate(inp)
+    if inp.old_logp is None:
+        raise ValueError("the nft loss needs old_logp")
+    missing = [k for k in NFT_EXTRAS if k not in inp.extras]
+    if missing:
+        raise ValueError(f"the nft loss needs extras {missing} from the 'nft' advantage")
+    clamp = float(inp.options.get("nft_log_ratio_clamp", DEFAULT_LOG_RATIO_CLAMP))
+    eps_neg = float(inp.options.get("nft_eps_neg", DEFAULT_EPS_NEG))
+    if clamp <= 0 or not 0.0 < eps_neg < 1.0:
+        raise ValueError(f"need nft_log_ratio_clamp > 0 and 0 < nft_eps_neg < 1, got {clamp}, {eps_neg}")
+
+    dtype = inp.logp.dtype
+    mask = inp.mask.to(dtype)
+    ex = {k: inp.extras[k].to(dtype) for k in NFT_EXTRAS}
+    for k, v in ex.items():
+        if v.shape != inp.logp.shape:
+            raise ValueError(f"extras[{k!r}] shape {tuple(v.shape)} != logp shape {tuple(inp.logp.shape)}")
+
+    log_ratio = torch.clamp(inp.logp - inp.old_logp, -clamp, clamp)
+    ratio = torch.exp(log_ratio)
+    pos = ex["nft_positive"] > 0.5
+    neg = ~pos & (mask > 0)
+    # r_hat = 0 off the negative tokens makes x == 1 there: no inf/NaN leaks
+    # through the unused torch.where branch into the gradient.
+    r_neg = torch.where(neg, ex["nft_r_hat"], torch.zeros_like(ratio))
+    x = (1.0 - r_neg * ratio) / (1.0 - r_neg)
+    x_clip = x + (x.clamp(min=eps_neg) - x).detach()  # value floor, straight-through grad
+    nft = torch.where(pos, -log_ratio, -torch.log(x_clip)) * ex["nft_weight"]
+
+    per_token = nft
+    kl = None
+    if inp.kl_coef > 0:
+        kl = kl_estimate(inp.logp, inp.ref_logp, inp.kl_estimator)
+        per_token = per_token + inp.kl_coef * kl
+
+    loss = aggregate(
+        per_token,
+        mask,
+        inp.agg_mode,
+        token_normalizer=inp.token_normalizer,
+        seq_normalizer=inp.seq_normalizer,
+        max_tokens=inp.max_tokens,
+    )
+
+    with torch.no_grad():
+        negf = neg.to(dtype)
+        names = ["pg_loss", "approx_kl", "ratio_mean", "ratio_max", "neg_clipfrac"]
+        vals = [
+            _masked_mean(nft, mask),
+            _masked_mean(inp.old_logp - inp.logp, mask),
+            _masked_mean(ratio, mask),
+            torch.where(mask > 0, ratio, torch.zeros_like(ratio)).amax()
+            if ratio.numel()
+            else ratio.new_zeros(()),
+            _masked_mean((x < eps_neg).to(dtype), negf),
+        ]
+        if kl is not None:
+            names.append("kl")
+            vals.append(_masked_mean(kl, mask))
+        metrics = dict(zip(names, torch.stack([v.detach().float() for v in vals]).tolist()))
+    return PolicyLossOutput(loss=loss, metrics=metrics)
+
+
+@register_algorithm("nft")
+def nft(cfg: Any) -> AlgorithmSpec:
+    return AlgorithmSpec(
+        name="nft",
+        advantage="nft",
+        policy_loss="nft",
+        needs_reference=float(getattr(cfg, "kl_coef", 0.0) or 0.0) > 0.0,
+        needs_critic=False,
+        needs_old_logprobs=True,
+        drop_zero_advantage=True,
+    )

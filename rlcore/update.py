@@ -1,0 +1,119 @@
+"""From scored groups to the arrays the learners train on: log-probs, KL, advantages, values.
+
+Which of these are computed is decided by the algorithm's spec (algorithms/registry.py), never
+by the algorithm's name, so a newly registered algorithm needs no change here.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import asdict, fields
+
+import numpy as np
+import torch
+
+from algorithms import get_advantage, kl_penalty
+from algorithms.ppo import gae_advantages, outcome_token_rewards, whiten
+from rlcore.batch import build_batch, pad_rows, select_rows
+from rlcore.config import ExperimentConfig
+from rlcore.sampling import is_accepted
+
+
+class UpdateBuilder:
+    def __init__(self, cfg: ExperimentConfig, spec, pad_id: int):
+        self.cfg, self.spec, self.pad_id = cfg, spec, pad_id
+        self.advantage_fn = get_advantage(spec.advantage) if not spec.needs_critic else None
+        algo = cfg.algorithm
+        accepted = inspect.signature(self.advantage_fn).parameters if self.advantage_fn else {}
+        options = {f.name: getattr(algo, f.name) for f in fields(algo)}
+        self.advantage_kwargs = {k: v for k, v in options.items() if k in accepted}
+        if "eps" in accepted:
+            self.advantage_kwargs["eps"] = algo.adv_eps
+        self.wants_correct = "correct" in accepted
+        lc = cfg.learner
+        multiple = lc.num_ranks * lc.mini_batches
+        if spec.needs_critic:
+            multiple = math.lcm(multiple, cfg.critic.num_ranks * lc.mini_batches)
+        self.row_multiple = multiple
+
+    def hparams(self) -> dict:
+        """Everything the policy loss may read (PolicyLossInput fields and `options`)."""
+        algo, rc = self.cfg.algorithm, self.cfg.rollout
+        hp = {k: v for k, v in asdict(algo).items() if isinstance(v, (int, float, str, bool)) or v is None}
+        hp.update(temperature=rc.temperature, loss_agg=algo.loss_agg, max_tokens=rc.max_new_tokens)
+        if algo.kl_mode == "reward":
+            hp["kl_coef"] = 0.0  # the penalty is already in the rewards
+        return hp
+
+    def build(self, groups, learners, critic=None) -> tuple[dict | None, dict]:
+        """The padded learner batch (None if no sample carries signal) and its metrics."""
+        cfg, spec, algo = self.cfg, self.spec, self.cfg.algorithm
+        prompts, completions, results, owners = [], [], [], []
+        for gi, g in enumerate(groups):
+            for c, r in zip(g.completions, g.results):
+                prompts.append(g.prompt_ids)
+                completions.append(c)
+                results.append(r)
+                owners.append(gi)
+        n = len(completions)
+        batch = build_batch(prompts, [c.token_ids for c in completions], self.pad_id,
+                            rollout_logprobs=[c.logprobs for c in completions])
+        batch = pad_rows(batch, self.row_multiple)
+        mask = torch.from_numpy(batch["loss_mask"][:n])
+        temperature = cfg.rollout.temperature
+        multi_pass = cfg.learner.mini_batches > 1 or cfg.learner.epochs > 1
+        kl_in_reward = spec.needs_reference and algo.kl_mode == "reward"
+        if spec.needs_old_logprobs and (multi_pass or kl_in_reward or spec.needs_critic):
+            batch["old_logp"] = learners.compute_logprobs(batch, temperature)
+        if spec.needs_reference:
+            batch["ref_logp"] = learners.compute_logprobs(batch, temperature, reference=True)
+
+        rewards = torch.tensor([float(r.score) for r in results], dtype=torch.float32)
+        penalty = torch.zeros_like(mask)
+        metrics: dict[str, float] = {}
+        if kl_in_reward:
+            policy_logp = batch.get("old_logp", batch["rollout_logp"])[:n]
+            penalty = kl_penalty(torch.from_numpy(policy_logp), torch.from_numpy(batch["ref_logp"][:n]), mask,
+                                 algo.kl_coef, algo.kl_estimator)
+            metrics["reward/kl_penalty_mean"] = float(penalty.sum(-1).mean())
+
+        token_adv = np.zeros_like(batch["loss_mask"])
+        if spec.needs_critic:
+            values = critic.compute_values(batch)
+            token_rewards = outcome_token_rewards(rewards, mask) - penalty
+            adv, returns = gae_advantages(token_rewards, torch.from_numpy(values[:n]), mask, algo.gamma, algo.lam)
+            if algo.whiten_advantages:
+                adv = whiten(adv, mask)
+            token_adv[:n] = adv.numpy()
+            batch["returns"] = np.zeros_like(token_adv)
+            batch["returns"][:n] = returns.numpy()
+            batch["old_values"] = values
+            seq_adv = (adv * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+        else:
+            scores = rewards - penalty.sum(-1)
+            kwargs = dict(self.advantage_kwargs)
+            if self.wants_correct:
+                kwargs["correct"] = torch.tensor([is_accepted(r) for r in results])
+            out = self.advantage_fn(scores, torch.tensor(owners), **kwargs)
+            per_sample = out if isinstance(out, dict) else {"advantages": out}
+            seq_adv = per_sample["advantages"].float()
+            token_adv[:n] = (seq_adv[:, None] * mask).numpy()
+            for name, value in per_sample.items():
+                if name != "advantages":
+                    extra = np.zeros_like(batch["loss_mask"])
+                    extra[:n] = (value.float()[:, None] * mask).numpy()
+                    batch[f"extra/{name}"] = extra
+        batch["advantages"] = token_adv
+        metrics.update({"advantage/mean": float(seq_adv.mean()), "advantage/abs_mean": float(seq_adv.abs().mean()),
+                        "advantage/zero_frac": float((seq_adv == 0).float().mean())})
+
+        keep = np.zeros(len(batch["loss_mask"]), dtype=bool)
+        keep[:n] = True
+        if spec.drop_zero_advantage:
+            keep[:n] = seq_adv.numpy() != 0
+        metrics["samples/trained"] = int(keep.sum())
+        if not keep.any():
+            return None, metrics
+        if not keep.all():
+            batch = pad_rows(select_rows(batch, np.flatnonzero(keep)), self.row_multiple)
+        return batch, metrics
