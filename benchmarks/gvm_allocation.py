@@ -1,0 +1,94 @@
+"""How many generated samples does GVM allocation need to reach a target accuracy, against
+uniform allocation with the same algorithm, seed, start model and data?
+
+GVM-RAFT (arXiv:2505.02391) reports 2-4x fewer samples. This runs the uniform/GVM pairs of a
+compare spec side by side in one `rlcore compare` invocation (or, with --report-only, reads the
+runs an earlier `rlcore compare experiments/compare_arith.yaml` left behind) and prints, per
+target accuracy, the samples each needed and the ratio uniform / GVM (> 1: GVM needed fewer).
+Accuracy is the spec's held-out metric, evaluated every `eval.every` steps, so "samples to reach"
+is resolved only to one eval interval.
+
+    python benchmarks/gvm_allocation.py [--spec experiments/compare_arith.yaml]
+        [--pairs grpo:grpo_gvm,raftpp:raftpp_gvm] [--targets 0.25,0.3,0.35,0.4] [--report-only]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+from rlcore.compare import load_spec, run_compare, run_id  # noqa: E402
+from rlcore.report import eval_points  # noqa: E402
+
+
+def samples_to_reach(points: list[dict], target: float) -> int | None:
+    for p in points:
+        if p["accuracy"] >= target:
+            return int(p["samples"])
+    return None
+
+
+def load_points(run_dir: Path, metric: str) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return eval_points([json.loads(line) for line in path.read_text().splitlines() if line.strip()], metric)
+
+
+def compare_pair(spec, uniform: str, gvm: str, targets: list[float]) -> list[dict]:
+    rows = []
+    for seed in spec.seeds:
+        pts = {name: load_points(spec.runs_dir / run_id(name, seed), spec.metric) for name in (uniform, gvm)}
+        for target in targets:
+            a, b = samples_to_reach(pts[uniform], target), samples_to_reach(pts[gvm], target)
+            rows.append({
+                "seed": seed, "target": target, "uniform": uniform, "gvm": gvm,
+                "uniform_samples": a, "gvm_samples": b,
+                "ratio_uniform_over_gvm": (a / b) if a and b else None,
+                "uniform_final": pts[uniform][-1]["accuracy"] if pts[uniform] else None,
+                "gvm_final": pts[gvm][-1]["accuracy"] if pts[gvm] else None,
+                "uniform_total_samples": pts[uniform][-1]["samples"] if pts[uniform] else None,
+                "gvm_total_samples": pts[gvm][-1]["samples"] if pts[gvm] else None,
+            })
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--spec", default=str(ROOT / "experiments" / "compare_arith.yaml"))
+    ap.add_argument("--pairs", default="grpo:grpo_gvm,raftpp:raftpp_gvm")
+    ap.add_argument("--targets", default="0.25,0.3,0.35,0.4")
+    ap.add_argument("--report-only", action="store_true", help="read existing runs, train nothing")
+    ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    args = ap.parse_args(argv)
+    spec = load_spec(args.spec)
+    pairs = [tuple(p.split(":")) for p in args.pairs.split(",") if p]
+    targets = [float(t) for t in args.targets.split(",") if t]
+    if not args.report_only:
+        run_compare(spec, only=sorted({name for pair in pairs for name in pair}), skip_done=True)
+    rows = [row for u, g in pairs for row in compare_pair(spec, u, g, targets)]
+    fmt = lambda v: "not reached" if v is None else f"{v:,}"  # noqa: E731
+    print(f"{'pair':<22} {'seed':>4} {'target':>6} {'uniform samples':>16} {'gvm samples':>12} {'uniform/gvm':>11}")
+    for r in rows:
+        ratio = f"{r['ratio_uniform_over_gvm']:.2f}x" if r["ratio_uniform_over_gvm"] else "-"
+        print(f"{r['uniform'] + ' vs ' + r['gvm']:<22} {r['seed']:>4} {r['target']:>6.2f} "
+              f"{fmt(r['uniform_samples']):>16} {fmt(r['gvm_samples']):>12} {ratio:>11}")
+    for u, g in pairs:
+        finals = [r for r in rows if r["uniform"] == u][:1]
+        if finals:
+            f = finals[0]
+            print(f"final held-out accuracy: {u} {f['uniform_final']} after {f['uniform_total_samples']} samples, "
+                  f"{g} {f['gvm_final']} after {f['gvm_total_samples']} samples")
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
