@@ -1,6 +1,7 @@
 """Reward functions for RL post-training, and a process pool that scores them safely.
 
-Importing the package registers the built-in rewards (currently ``math_answer``). This package
+Importing the package registers the built-in rewards (``math_answer``, ``math_answer_auto``,
+``gsm8k_answer``; the verifier behind them is ``rewards.math``). This package
 must stay free of torch, model, rollout and algorithm imports: it runs inside lightweight
 worker processes whose start-up time is paid on every worker replacement.
 """
@@ -18,3 +19,6 @@ __all__ = [
     "RewardPool",
     "RewardError",
 ]
+
+# Custom rewards: composition from the config (not in __all__, which test_rewards pins).
+from rewards.compose import ComposedReward, reward_from_config  # also registers format_boxed, format_regex

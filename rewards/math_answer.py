@@ -1,10 +1,16 @@
-"""First math-answer reward: last ``\\boxed{}`` answer vs ground truth, 1.0 if equivalent else 0.0.
+"""Math-answer rewards: the completion's final answer vs the ground truth, scored 1.0 / 0.0.
 
-Equivalence is deliberately conservative (normalised string match, exact rational arithmetic,
-then a whitelisted sympy check for closed forms). A fuller verifier will replace it later.
+All the work is done by ``rewards.math`` (extraction strategies, equivalence policy, bounded
+sympy fallback); this module registers the rewards and keeps the older helper names importable.
 
-Percent policy: ``\\%``/``%`` are stripped during normalisation, so ``50\\%`` equals ``50``
-(the usual convention in MATH-style answer keys), and it does *not* equal ``0.5``.
+Registered rewards (the extraction strategy can be overridden per sample with
+``metadata["answer_strategy"]``):
+  math_answer       last ``\\boxed{}`` only: rewards the answer format the prompt asks for
+  math_answer_auto  "auto" strategy: box, ``####``, ``Answer:`` line, bold, bare answer
+  gsm8k_answer      "gsm8k" strategy: ``#### N``, box, ``Answer:`` line, last number
+
+Percent policy (``Policy.percent="either"``): ``50\\%`` equals ``50`` and ``0.5``; ``50`` does not
+equal ``0.5``. See ``rewards.math.compare.Policy`` for tolerance and the other rules.
 """
 
 from __future__ import annotations
@@ -14,11 +20,11 @@ from fractions import Fraction
 from typing import Any
 
 from rewards.latex import brace_macro_args, match_brace, read_arg, unwrap_macro
-from rewards.math_sympy import MAX_LEN, sympy_equal
+from rewards.math import Policy, is_equivalent, verify_detailed
+from rewards.math.extract import STOP, boxed
 from rewards.registry import register_reward
 
-_BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
-_SPACE_FORM = re.compile(r"[^\s$]+")
+MAX_LEN = 200
 _TEXT_MACROS = ("text", "textbf", "textrm", "mathrm", "mbox")
 _LEFT_RIGHT = re.compile(r"\\(?:left|right)(?![A-Za-z])")
 _TEX_SPACING = re.compile(r"\\[,;:! ]|~")
@@ -26,35 +32,57 @@ _DFRAC = re.compile(r"\\[dt]frac(?![A-Za-z])")
 _DEGREES = re.compile(r"\^\s*(?:\{\s*\\circ\s*\}|\\circ)|°")
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 _DECIMAL = re.compile(r"(\d+\.?\d*|\.\d+)(?:[eE]([+-]?\d+))?")
-_MAX_EXPONENT = 1000  # keeps exact Fractions small; larger exponents are not parsed
+_MAX_EXPONENT = 1000
+_DEFAULT_REL_TOL = 1e-9
 
 
 def extract_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}``/``\\fbox{...}`` (nested braces ok) or ``\\boxed 5``.
-
-    Returns None if there is no box, or the last box is unbalanced (e.g. a truncated
-    generation): an unfinished final answer must not be rescued by an earlier one.
-    """
+    """Content of the last ``\\boxed{...}``/``\\fbox{...}`` in ``text`` (None if absent or truncated)."""
     if not isinstance(text, str):
         return None
-    for match in reversed(list(_BOX.finditer(text))):
-        i = match.end()
-        j = i
-        while j < len(text) and text[j].isspace():
-            j += 1
-        if j < len(text) and text[j] == "{":
-            end = match_brace(text, j)
-            return None if end is None else text[j + 1 : end].strip()
-        if j > i:  # "\boxed 5": the answer is the next whitespace/$-delimited token
-            token = _SPACE_FORM.match(text, j)
-            if token is not None:
-                return token.group(0)
-        # "\boxed" used as a word (no argument): not an answer, look at earlier boxes.
-    return None
+    found = boxed(text)
+    return None if found is STOP else found
+
+
+def answers_equivalent(pred: Any, gold: Any, rel_tol: float = _DEFAULT_REL_TOL) -> bool:
+    """True if ``pred`` and ``gold`` denote the same answer (``rewards.math.is_equivalent``). Never raises."""
+    policy = None if rel_tol == _DEFAULT_REL_TOL else Policy(rel_tol=rel_tol)
+    return is_equivalent(pred, gold, policy)
+
+
+def _score(completion: str, ground_truth: str, metadata: dict, strategy: str) -> dict:
+    strategy = (metadata or {}).get("answer_strategy", strategy)
+    res = verify_detailed(completion, ground_truth, strategy)
+    out = {"score": 1.0 if res.correct else 0.0, "correct": res.correct, "extracted": res.extracted}
+    if res.reason in ("timeout", "too_large", "error"):  # surfaced so they can be counted
+        out["reason"] = res.reason
+    return out
+
+
+@register_reward("math_answer")
+def math_answer(prompt: str, completion: str, ground_truth: str, metadata: dict) -> dict:
+    """1.0 if the completion's last boxed answer matches the ground truth, else 0.0."""
+    return _score(completion, ground_truth, metadata, "boxed")
+
+
+@register_reward("math_answer_auto")
+def math_answer_auto(prompt: str, completion: str, ground_truth: str, metadata: dict) -> dict:
+    """Like ``math_answer`` but also accepts ``####``, ``Answer:`` lines, bold and bare answers."""
+    return _score(completion, ground_truth, metadata, "auto")
+
+
+@register_reward("gsm8k_answer")
+def gsm8k_answer(prompt: str, completion: str, ground_truth: str, metadata: dict) -> dict:
+    """GSM8K-style: ``#### N`` first, falling back to a box, an answer line, then the last number."""
+    return _score(completion, ground_truth, metadata, "gsm8k")
+
+
+# ----------------------------------------------------------------------------- legacy helpers
+# The first verifier's string normaliser and exact number parser, kept for existing callers.
 
 
 def normalize_answer(s: Any) -> str:
-    """Canonical string form of an answer, removing formatting that does not change its value."""
+    """Legacy canonical string form of an answer, removing formatting that does not change its value."""
     if s is None:
         return ""
     s = str(s).strip()
@@ -88,33 +116,12 @@ def parse_number(s: str) -> Fraction | None:
         return None
 
 
-def answers_equivalent(pred: Any, gold: Any, rel_tol: float = 1e-9) -> bool:
-    """True if ``pred`` and ``gold`` denote the same answer. Never raises."""
+def parse_number(s: str) -> Fraction | None:
+    """Exact value of a normalised numeric answer (ints, decimals, 1e3, a/b, \\frac{a}{b}); None otherwise."""
     try:
-        p, g = normalize_answer(pred), normalize_answer(gold)
-        if not p or not g:
-            return False
-        if p == g:
-            return True
-        if len(p) > MAX_LEN or len(g) > MAX_LEN:  # bounds the cost of parsing untrusted output
-            return False
-        a, b = parse_number(p), parse_number(g)
-        if a is not None and b is not None:  # both rational: exact
-            return a == b
-        return sympy_equal(p, g, rel_tol=rel_tol)  # closed forms: symbolic, then within rel_tol
-    except Exception:
-        return False
-
-
-@register_reward("math_answer")
-def math_answer(prompt: str, completion: str, ground_truth: str, metadata: dict) -> dict:
-    """1.0 if the completion's last boxed answer matches the ground truth, else 0.0."""
-    extracted = extract_boxed(completion)
-    gold = ground_truth
-    if isinstance(gold, str) and _BOX.search(gold):  # gold given as a full solution
-        gold = extract_boxed(gold) or gold
-    correct = extracted is not None and answers_equivalent(extracted, gold)
-    return {"score": 1.0 if correct else 0.0, "correct": correct, "extracted": extracted}
+        return _parse_number(s, 0)
+    except (ValueError, ZeroDivisionError, OverflowError):
+        return None
 
 
 def _parse_number(s: str, depth: int) -> Fraction | None:

@@ -1,9 +1,17 @@
-"""RewardPool: score rollouts in long-lived worker processes with per-item timeouts.
+"""RewardPool: score rollouts in long-lived worker processes, in chunks, with per-item timeouts.
 
 Rewards run untrusted model output through parsers/solvers that can hang, blow up or crash
 the interpreter, so they run in child processes: the parent measures each item's wall-clock
 time, SIGKILLs and replaces a worker that overruns or dies, and records a failed result for
 that item only. Every input gets exactly one result, in input order.
+
+Work goes out in chunks (up to ``batch_size`` items per message), so a worker never waits for
+a pipe round trip between items. A single-item reward streams one result per item, so the
+parent always knows which item is running: a hang or crash fails that item, and the rest of
+its chunk is re-queued. A batched reward answers a chunk in one call, with a budget of
+``timeout_s`` per item; if it hangs or crashes, the chunk's items are retried one at a time,
+so the culprit fails alone. Failures are counted by kind (exception, timeout, crash,
+bad_return, other) in ``pop_metrics``.
 
 Workers are started (non-blocking) when the pool is constructed, so their ~0.5-1 s spawn and
 import cost overlaps with whatever the caller does next (e.g. generation); ``score`` dispatches
@@ -22,43 +30,57 @@ import logging
 import math
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
-import os
-import signal
+import pickle
 import threading
 import time
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
+from multiprocessing.reduction import ForkingPickler
 from typing import Sequence
 
 from rewards.registry import RewardSpec
 from rewards.schema import RewardError, RewardInput, RewardResult
 from rewards.serialization import make_payload
-from rewards.worker import worker_main
+from rewards.worker import WorkerHandle, kill_worker, shutdown_workers, start_worker
 
 logger = logging.getLogger(__name__)
 
 _MAX_WAIT_S = 0.25  # upper bound on one wait, so close() is noticed promptly
 _MAX_START_FAILURES = 3  # consecutive worker deaths during start-up before giving up
+FAILURE_KINDS = ("exception", "timeout", "crash", "bad_return", "other")
 _METRIC_KEYS = (
     "reward/num_scored",
     "reward/num_failed",
     "reward/num_timeouts",
     "reward/workers_replaced",
     "reward/score_time_s",
-)
+    "reward/round_trips",  # chunks sent to workers
+    "reward/retried",  # items re-queued after another item's hang/crash (not failures)
+) + tuple(f"reward/failed_{kind}" for kind in FAILURE_KINDS)
 
 
-class _Worker:
-    """Parent-side handle: process, pipe end, and what the worker is doing."""
+def failure_kind(reason: str | None) -> str:
+    """Classify a failed result's reason into one of FAILURE_KINDS (for metrics)."""
+    reason = reason or ""
+    if reason.startswith("exception:"):
+        return "exception"
+    if reason.startswith("timeout"):
+        return "timeout"
+    if reason.startswith("worker died"):
+        return "crash"
+    if reason.startswith(("bad return type", "non-finite score")):
+        return "bad_return"
+    return "other"
 
-    __slots__ = ("process", "conn", "state", "idx", "deadline")
 
-    def __init__(self, process, conn, start_deadline: float) -> None:
-        self.process = process
-        self.conn = conn
-        self.state = "starting"  # -> "idle" <-> "busy"
-        self.idx: int | None = None
-        self.deadline = start_deadline  # start-up deadline while starting, item deadline while busy
+class _Job:
+    """One ``score`` call: inputs, results so far, and what is left to send."""
+
+    def __init__(self, items: list[RewardInput]) -> None:
+        self.items = items
+        self.results: list[RewardResult | None] = [None] * len(items)
+        self.queue = collections.deque(range(len(items)))  # sent in chunks
+        self.solo: collections.deque[int] = collections.deque()  # suspects: sent one at a time
 
 
 class RewardPool:
@@ -76,34 +98,35 @@ class RewardPool:
         failure_score: float = 0.0,
         start_method: str = "spawn",
         *,
+        batch_size: int = 16,
         start_timeout_s: float = 120.0,
     ) -> None:
-        if int(num_workers) < 1:
-            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        if int(num_workers) < 1 or int(batch_size) < 1:
+            raise ValueError(f"num_workers and batch_size must be >= 1, got {num_workers}, {batch_size}")
         if not timeout_s > 0 or not start_timeout_s > 0:
             raise ValueError(f"timeouts must be > 0, got timeout_s={timeout_s}, start_timeout_s={start_timeout_s}")
         if not math.isfinite(float(failure_score)):
             raise ValueError(f"failure_score must be finite, got {failure_score}")
         self.num_workers = int(num_workers)
+        self.batch_size = int(batch_size)
         self.timeout_s = float(timeout_s)
         self.failure_score = float(failure_score)
         self.start_timeout_s = float(start_timeout_s)
         self._payload = make_payload(reward)  # validates the spec here, with a clear error
         self._ctx = mp.get_context(start_method)
-        self._workers: list[_Worker] = []
+        self._workers: list[WorkerHandle] = []
         self._score_lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
         self._closing = threading.Event()
         self._closed = False
         self._start_failures = 0
-        self._batch_timeouts = 0  # per-batch counters, only touched under _score_lock
-        self._batch_replaced = 0
+        self._counts: collections.Counter = collections.Counter()  # per batch, only touched under _score_lock
         self._metrics_lock = threading.Lock()
         self._window = dict.fromkeys(_METRIC_KEYS, 0.0)
         self._totals = dict.fromkeys(_METRIC_KEYS, 0.0)
         # Registered before any worker exists, so a failure below still cleans up.
-        self._finalizer = weakref.finalize(self, _shutdown_workers, self._workers)
+        self._finalizer = weakref.finalize(self, shutdown_workers, self._workers)
         for _ in range(self.num_workers):
             self._workers.append(self._spawn())
 
@@ -119,16 +142,23 @@ class RewardPool:
         with self._score_lock:  # one batch at a time; time spent queueing here is not counted
             self._check_open()
             start = time.monotonic()
-            results = self._run(items)
+            results = self._run(_Job(items))
             elapsed = time.monotonic() - start
-            timeouts, replaced = self._batch_timeouts, self._batch_replaced
+            counts = dict(self._counts)
+        kinds = collections.Counter(failure_kind(r.reason) for r in results if r.failed)
+        if kinds:
+            first = next(r.reason for r in results if r.failed)
+            logger.info("reward: %d of %d items failed %s; first: %s", sum(kinds.values()), len(results), dict(kinds), first)
         self._record(
             {
                 "reward/num_scored": len(results),
-                "reward/num_failed": sum(r.failed for r in results),
-                "reward/num_timeouts": timeouts,
-                "reward/workers_replaced": replaced,
+                "reward/num_failed": sum(kinds.values()),
+                "reward/num_timeouts": kinds["timeout"],
+                "reward/workers_replaced": counts.get("replaced", 0),
                 "reward/score_time_s": elapsed,
+                "reward/round_trips": counts.get("round_trips", 0),
+                "reward/retried": counts.get("retried", 0),
+                **{f"reward/failed_{kind}": kinds[kind] for kind in FAILURE_KINDS},
             }
         )
         return results
@@ -142,8 +172,22 @@ class RewardPool:
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward-pool")
             return self._executor.submit(self.score, items)
 
+    def wait_ready(self, timeout_s: float | None = None) -> bool:
+        """Block until every worker has loaded the reward (True) or ``timeout_s`` passed (False).
+
+        Optional: ``score`` starts on whichever workers are ready. A reward that cannot load raises.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self._check_open()
+        with self._score_lock:
+            while any(w.state == "starting" for w in self._workers):
+                if self._closing.is_set() or (deadline is not None and time.monotonic() >= deadline):
+                    return False
+                self._wait_and_collect(_Job([]))
+        return True
+
     def pop_metrics(self) -> dict[str, float]:
-        """Counters since the previous call (then reset), plus throughput over that window."""
+        """Counters since the previous call (then reset), plus throughput (items/s) over that window."""
         with self._metrics_lock:
             window = self._window
             self._window = dict.fromkeys(_METRIC_KEYS, 0.0)
@@ -191,22 +235,20 @@ class RewardPool:
 
     # ------------------------------------------------------------------ scheduling
 
-    def _run(self, items: list[RewardInput]) -> list[RewardResult]:
-        results: list[RewardResult | None] = [None] * len(items)
-        queue = collections.deque(range(len(items)))
-        self._batch_timeouts = self._batch_replaced = 0
+    def _run(self, job: _Job) -> list[RewardResult]:
+        self._counts = collections.Counter()
         try:
-            while queue or any(w.state == "busy" for w in self._workers):
+            while job.queue or job.solo or any(w.state == "busy" for w in self._workers):
                 if self._closing.is_set():
-                    for i, r in enumerate(results):
+                    for i, r in enumerate(job.results):
                         if r is None:
-                            results[i] = self._failure("pool closed")
+                            job.results[i] = self._failure("pool closed")
                     for w in self._workers:
                         if w.state == "busy":  # no point waiting for close()'s grace period
-                            _kill(w)
+                            kill_worker(w)
                     break
-                self._dispatch(items, queue, results)
-                self._wait_and_collect(results)
+                self._dispatch(job)
+                self._wait_and_collect(job)
         except BaseException:
             # Abnormal exit (start-up failure, KeyboardInterrupt): drop in-flight work so no
             # stale result is read by the next batch.
@@ -214,25 +256,48 @@ class RewardPool:
                 if w.state == "busy":
                     self._replace(i)
             raise
-        return results  # type: ignore[return-value]
+        return job.results  # type: ignore[return-value]
 
-    def _dispatch(self, items, queue, results) -> None:
-        for i, w in enumerate(self._workers):
-            while w.state == "idle" and queue:
-                idx = queue.popleft()
+    def _dispatch(self, job: _Job) -> None:
+        for i in range(len(self._workers)):
+            w = self._workers[i]
+            while w.state == "idle" and (job.queue or job.solo):
+                solo = bool(job.solo)
+                chunk = [job.solo.popleft()] if solo else self._take(job.queue)
                 try:
-                    w.conn.send((idx, items[idx]))
-                except OSError:  # died while idle: not the item's fault, retry it elsewhere
-                    queue.appendleft(idx)
+                    w.conn.send(("score", [(idx, job.items[idx]) for idx in chunk]))
+                except OSError:  # died while idle: not the items' fault, retry them elsewhere
+                    (job.solo if solo else job.queue).extendleft(reversed(chunk))
                     logger.warning("reward worker pid=%s died while idle; replacing it", w.process.pid)
                     self._replace(i)
                     break
-                except Exception as exc:  # the item itself cannot be pickled
-                    results[idx] = self._failure(f"bad input: cannot send item: {type(exc).__name__}: {exc}")
+                except Exception as exc:  # an item cannot be pickled: fail it, re-queue the rest
+                    self._drop_unsendable(job, chunk, solo, exc)
                     continue
-                w.state, w.idx, w.deadline = "busy", idx, time.monotonic() + self.timeout_s
+                w.state, w.chunk = "busy", chunk
+                w.deadline = time.monotonic() + self.timeout_s * (len(chunk) if w.batched else 1)
+                self._counts["round_trips"] += 1
 
-    def _wait_and_collect(self, results) -> None:
+    def _take(self, queue: collections.deque) -> list[int]:
+        """The next chunk: the queue spread evenly over the workers, at most batch_size items."""
+        n = max(1, min(self.batch_size, math.ceil(len(queue) / self.num_workers), len(queue)))
+        return [queue.popleft() for _ in range(n)]
+
+    def _drop_unsendable(self, job: _Job, chunk: list[int], solo: bool, exc: Exception) -> None:
+        keep = []
+        for idx in chunk:
+            try:
+                ForkingPickler.dumps(job.items[idx])
+                keep.append(idx)
+            except Exception as item_exc:
+                job.results[idx] = self._failure(f"bad input: cannot send item: {type(item_exc).__name__}: {item_exc}")
+        if len(keep) == len(chunk):  # no single item is to blame: do not loop forever
+            for idx in chunk:
+                job.results[idx] = self._failure(f"bad input: cannot send item: {type(exc).__name__}: {exc}")
+            return
+        (job.solo if solo else job.queue).extendleft(reversed(keep))
+
+    def _wait_and_collect(self, job: _Job) -> None:
         active = [w for w in self._workers if w.state in ("starting", "busy")]
         if not active:
             return
@@ -242,76 +307,91 @@ class RewardPool:
         ready = set(mp_connection.wait(waitables, timeout))
         for i, w in enumerate(self._workers):
             if w in active and (w.conn in ready or w.process.sentinel in ready):
-                self._handle_event(i, results)
+                self._handle_event(i, job)
         now = time.monotonic()
         for i, w in enumerate(self._workers):
             if w.state == "busy" and now >= w.deadline:
-                results[w.idx] = self._failure(f"timeout after {self.timeout_s}s")
-                self._batch_timeouts += 1
-                logger.debug("reward item %s timed out; killing worker pid=%s", w.idx, w.process.pid)
-                self._replace(i)
+                logger.debug("reward chunk %s timed out; killing worker pid=%s", w.chunk, w.process.pid)
+                self._lost(i, job, f"timeout after {self.timeout_s}s")
             elif w.state == "starting" and now >= w.deadline:
                 self._start_failed(i, f"not ready after {self.start_timeout_s}s")
 
-    def _handle_event(self, i: int, results) -> None:
+    def _handle_event(self, i: int, job: _Job) -> None:
         w = self._workers[i]
-        if w.conn.poll():  # a message, or EOF
+        while True:  # drain: a worker that died may have sent results first
             try:
+                if not w.conn.poll():
+                    if not mp_connection.wait([w.process.sentinel], 0):
+                        return  # drained, still alive
+                    break
                 msg = w.conn.recv()
             except (EOFError, OSError):
-                pass  # EOF: the worker is gone (or going); handled below
-            except Exception as exc:  # message arrived whole but cannot be unpickled here
-                if w.state == "busy":
-                    results[w.idx] = self._failure(f"bad return type: result not unpicklable: {type(exc).__name__}: {exc}")
-                    w.state, w.idx = "idle", None
+                break  # EOF: the worker is gone (or going); handled below
+            except Exception as exc:  # the message itself is garbled: never trust this worker again
+                self._lost(i, job, f"protocol error: {type(exc).__name__}: {exc}")
                 return
-            else:
-                self._handle_message(i, msg, results)
-                return
-        elif not mp_connection.wait([w.process.sentinel], 0):
-            return  # spurious wake-up
-        exitcode = _kill(w, wait_exit_s=1.0)  # it is dead already: this only reaps (and kills its group)
+            if not self._handle_message(i, msg, job):
+                return  # the worker was replaced
+        exitcode = kill_worker(w, wait_exit_s=1.0)  # it is dead already: this only reaps (and kills its group)
         if w.state == "starting":
             self._start_failed(i, f"exited during start-up (exit code {exitcode})")
-            return
-        results[w.idx] = self._failure(f"worker died (exit code {exitcode})")
-        logger.debug("reward worker pid=%s died on item %s (exit code %s)", w.process.pid, w.idx, exitcode)
-        self._replace(i)
+        elif w.state == "busy":
+            logger.debug("reward worker pid=%s died on item %s (exit code %s)", w.process.pid, w.chunk[0], exitcode)
+            self._lost(i, job, f"worker died (exit code {exitcode})")
+        else:
+            self._replace(i)
 
-    def _handle_message(self, i: int, msg, results) -> None:
+    def _handle_message(self, i: int, msg, job: _Job) -> bool:
+        """Apply one message from worker ``i``; False if the worker had to be replaced."""
         w = self._workers[i]
-        kind = msg[0]
+        kind = msg[0] if isinstance(msg, tuple) and msg else None
         if kind == "ready" and w.state == "starting":
-            w.state = "idle"
+            w.state, w.batched = "idle", bool(msg[2])
             self._start_failures = 0
-        elif kind == "result" and w.state == "busy" and msg[1] == w.idx:
-            results[w.idx] = msg[2]
-            w.state, w.idx = "idle", None
+        elif kind == "results" and w.state == "busy" and all(idx in w.chunk for idx, _ in msg[1]):
+            for idx, data in msg[1]:
+                try:
+                    job.results[idx] = pickle.loads(data)
+                except Exception as exc:
+                    job.results[idx] = self._failure(f"bad return type: result not unpicklable: {type(exc).__name__}: {exc}")
+                w.chunk.remove(idx)
+            if w.chunk:  # streaming: the clock starts for the next item
+                w.deadline = time.monotonic() + self.timeout_s
+            else:
+                w.state = "idle"
+        elif kind == "fallback" and w.state == "busy":  # the batched call raised; now item by item
+            w.deadline = time.monotonic() + self.timeout_s * len(w.chunk)
         elif kind == "init_error":
             raise RewardError(f"reward worker failed to load the reward: {msg[1]}")
         else:  # cannot happen with a well-behaved worker; never trust it afterwards
-            if w.state == "busy":
-                results[w.idx] = self._failure(f"protocol error: unexpected message {kind!r}")
-            self._replace(i)
+            self._lost(i, job, f"protocol error: unexpected message {kind!r}")
+            return False
+        return True
+
+    def _lost(self, i: int, job: _Job, reason: str) -> None:
+        """Worker ``i`` hung, died or misbehaved: blame the item it was on, retry the others, replace it."""
+        w = self._workers[i]
+        chunk, w.chunk = w.chunk, []
+        if w.state != "busy" or not chunk:
+            pass
+        elif w.batched and len(chunk) > 1:  # cannot tell which item did it: try each alone
+            job.solo.extend(chunk)
+            self._counts["retried"] += len(chunk)
+        else:  # streaming: the first unanswered item is the one that was running
+            job.results[chunk[0]] = self._failure(reason)
+            job.queue.extendleft(reversed(chunk[1:]))
+            self._counts["retried"] += len(chunk) - 1
+        self._replace(i)
 
     # ------------------------------------------------------------------ workers
 
-    def _spawn(self) -> _Worker:
-        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
-        process = self._ctx.Process(
-            target=worker_main,
-            args=(child_conn, self._payload, self.failure_score),
-            name="reward-worker",
-            daemon=True,
-        )
-        process.start()
-        child_conn.close()
-        return _Worker(process, parent_conn, time.monotonic() + self.start_timeout_s)
+    def _spawn(self) -> WorkerHandle:
+        return start_worker(self._ctx, self._payload, self.failure_score, self.start_timeout_s)
 
     def _replace(self, i: int) -> None:
-        _kill(self._workers[i])
+        kill_worker(self._workers[i])
         self._workers[i] = self._spawn()
-        self._batch_replaced += 1
+        self._counts["replaced"] += 1
 
     def _start_failed(self, i: int, why: str) -> None:
         self._start_failures += 1
@@ -343,64 +423,3 @@ def _with_throughput(counters: dict[str, float]) -> dict[str, float]:
     elapsed = counters["reward/score_time_s"]
     counters["reward/throughput_per_s"] = counters["reward/num_scored"] / elapsed if elapsed > 0 else 0.0
     return counters
-
-
-def _kill(worker: _Worker, wait_exit_s: float = 0.0) -> int | None:
-    """SIGKILL the worker and anything it started (its process group), reap it, return its exit code.
-
-    ``wait_exit_s`` first gives a worker that is already exiting time to finish, so its own
-    exit code is reported rather than our SIGKILL.
-    """
-    process = worker.process
-    if wait_exit_s > 0:
-        mp_connection.wait([process.sentinel], wait_exit_s)
-    if process.pid is not None and _pid_still_held(process):
-        try:
-            # The worker made itself group leader. Its pid is still held (running or zombie),
-            # so the group id cannot belong to an unrelated process.
-            os.killpg(process.pid, signal.SIGKILL)
-        except OSError:
-            pass  # group not set up yet (still starting) or already empty
-    if process.pid is not None and process.exitcode is None:
-        try:
-            process.kill()
-        except (OSError, ValueError):
-            pass
-    process.join(5.0)
-    try:
-        worker.conn.close()
-    except OSError:
-        pass
-    return process.exitcode
-
-
-def _pid_still_held(process) -> bool:
-    """True while the worker's pid cannot have been reused (running or zombie); does not reap it."""
-    try:
-        os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        return True
-    except ChildProcessError:
-        # Not our child (forkserver start method: the server reaps it) or already reaped.
-        return process.exitcode is None
-
-
-def _shutdown_workers(workers: list[_Worker], grace_s: float = 1.0) -> None:
-    """Ask idle workers to exit, give them ``grace_s``, SIGKILL the rest (busy, starting, stuck)."""
-    for w in workers:
-        if w.state == "idle":
-            try:
-                w.conn.send(None)
-            except (OSError, ValueError):
-                pass
-        else:
-            _kill(w)
-        try:
-            w.conn.close()
-        except OSError:
-            pass
-    deadline = time.monotonic() + grace_s
-    for w in workers:
-        mp_connection.wait([w.process.sentinel], max(0.0, deadline - time.monotonic()))
-    for w in workers:
-        _kill(w)
-    workers.clear()

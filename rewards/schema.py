@@ -25,6 +25,19 @@ class RewardInput:
     completion: str
     ground_truth: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    num_tokens: int | None = None  # completion length in tokens (the trainer sets it)
+    max_tokens: int | None = None  # the generation limit it was sampled under
+
+    def reward_metadata(self) -> dict[str, Any]:
+        """The metadata a reward function sees: ``metadata`` plus ``num_tokens``/``max_tokens`` when known.
+
+        Length-aware rewards (overlong shaping, length penalties) only get text, so the token
+        counts travel here; ``self.metadata`` itself is never modified.
+        """
+        if self.num_tokens is None and self.max_tokens is None:
+            return self.metadata
+        extra = {k: v for k, v in (("num_tokens", self.num_tokens), ("max_tokens", self.max_tokens)) if v is not None}
+        return {**self.metadata, **extra}
 
 
 @dataclass

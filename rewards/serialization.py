@@ -13,7 +13,7 @@ import sys
 import threading
 from typing import Any
 
-from rewards.registry import RewardFn, RewardSpec, get_reward
+from rewards.registry import RewardFn, RewardSpec, from_entry_point, get_reward
 from rewards.schema import RewardError
 
 Payload = tuple[str, Any]  # ("spec", "module:function") or ("pickle", bytes)
@@ -25,7 +25,8 @@ def make_payload(reward: RewardSpec) -> Payload:
     """Validate ``reward`` in this process and package it for a worker.
 
     Import-style specs travel as strings (the worker imports them itself, with file paths made
-    absolute); registered names from this package travel as names; anything else is pickled.
+    absolute); registered names from this package and entry-point names travel as names;
+    anything else is pickled.
     """
     fn = get_reward(reward)  # raises RewardError early, in the caller's process
     if isinstance(reward, str):
@@ -35,8 +36,8 @@ def make_payload(reward: RewardSpec) -> Payload:
             if target.endswith(".py") or "/" in target or os.sep in target:
                 spec = f"{os.path.abspath(target)}:{attr}"
             return ("spec", spec)
-        if _module_root(getattr(fn, "__module__", None)) == "rewards":
-            return ("spec", spec)
+        if _module_root(getattr(fn, "__module__", None)) == "rewards" or from_entry_point(spec, fn):
+            return ("spec", spec)  # the worker finds it the same way (installed plug-ins included)
     return ("pickle", dumps_callable(fn))
 
 

@@ -1,20 +1,28 @@
-"""Main loop of a reward worker process (the child side of RewardPool).
+"""A reward worker process: its main loop (child side) and its start/kill helpers (parent side).
 
 Protocol over a duplex Pipe:
-  parent -> child: ``(idx, RewardInput)`` to score, or ``None`` to exit.
-  child -> parent: ``("ready", pid)`` once the reward is loaded, ``("init_error", text)``
-  if it cannot be loaded, then one ``("result", idx, RewardResult)`` per item.
+  parent -> child: ``("score", [(idx, RewardInput), ...])`` (a chunk), or ``None`` to exit.
+  child -> parent: ``("ready", pid, batched)`` once the reward is loaded, ``("init_error", text)``
+  if it cannot be loaded, then ``("results", [(idx, pickled RewardResult), ...])`` messages.
+
+A single-item reward is scored item by item and each result is sent as soon as it exists, so
+the parent knows which item is running (the first one without a result) and can time it and
+blame it alone. A batched reward gets the whole chunk in one call and answers in one message;
+if that call raises, the worker says ``("fallback",)`` and scores the chunk item by item.
+Results are pickled one by one, so one unpicklable result costs only its own item.
 """
 
 from __future__ import annotations
 
+import multiprocessing.connection as mp_connection
 import os
+import pickle
 import signal
 import threading
 import time
 import traceback
 
-from rewards.registry import call_reward
+from rewards.registry import call_batched, call_reward, is_batched
 from rewards.schema import RewardResult
 from rewards.serialization import Payload, load_payload
 
@@ -22,18 +30,20 @@ PARENT_POLL_S = 0.5
 
 
 def worker_main(conn, payload: Payload, failure_score: float) -> None:
-    """Load the reward once, then score items until EOF/None or until the parent disappears."""
+    """Load the reward once, then score chunks until EOF/None or until the parent disappears."""
     _detach_from_terminal_signals()
     # Baseline is whoever our parent is now: the pool's process (spawn/fork) or the
     # forkserver, which itself exits when the pool's process dies.
     _start_parent_watchdog(os.getppid())
     try:
         fn = load_payload(payload)
+        batched = is_batched(fn)
     except BaseException as exc:
         _send_quietly(conn, ("init_error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
         return
-    if not _send_quietly(conn, ("ready", os.getpid())):
+    if not _send_quietly(conn, ("ready", os.getpid(), batched)):
         return
+    loop = _LazyLoop()
     while True:
         try:
             msg = conn.recv()
@@ -41,16 +51,42 @@ def worker_main(conn, payload: Payload, failure_score: float) -> None:
             return
         if msg is None:
             return
-        idx, item = msg
-        result = call_reward(fn, item, failure_score)
+        _, chunk = msg
+        if batched:
+            items = [item for _, item in chunk]
+            results = call_batched(fn, items, failure_score, loop, on_fallback=lambda: _send_quietly(conn, ("fallback",)))
+            if not _send_results(conn, [(idx, r) for (idx, _), r in zip(chunk, results)], failure_score):
+                return
+        else:
+            for idx, item in chunk:
+                if not _send_results(conn, [(idx, call_reward(fn, item, failure_score, loop))], failure_score):
+                    return
+
+
+class _LazyLoop:
+    """One event loop per worker for async rewards, made on first use (sync rewards never import asyncio)."""
+
+    def __init__(self) -> None:
+        self._loop = None
+
+    def run_until_complete(self, awaitable):
+        if self._loop is None:
+            import asyncio
+
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(awaitable)
+
+
+def _send_results(conn, results, failure_score: float) -> bool:
+    out = []
+    for idx, result in results:
         try:
-            conn.send(("result", idx, result))
-        except OSError:
-            return
+            data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # the result (its info dict) could not be pickled
             reason = f"bad return type: result not picklable: {type(exc).__name__}: {exc}"
-            if not _send_quietly(conn, ("result", idx, RewardResult.failure(reason, failure_score))):
-                return
+            data = pickle.dumps(RewardResult.failure(reason, failure_score))
+        out.append((idx, data))
+    return _send_quietly(conn, ("results", out))
 
 
 def _send_quietly(conn, msg) -> bool:
@@ -89,3 +125,90 @@ def _start_parent_watchdog(parent_pid: int) -> None:
             time.sleep(PARENT_POLL_S)
 
     threading.Thread(target=watch, name="reward-parent-watchdog", daemon=True).start()
+
+
+# ----------------------------------------------------------------------------- parent side
+
+
+def start_worker(ctx, payload: Payload, failure_score: float, start_timeout_s: float) -> "WorkerHandle":
+    """Start a worker process (non-blocking); it says "ready" once its reward is loaded."""
+    parent_conn, child_conn = ctx.Pipe(duplex=True)
+    process = ctx.Process(target=worker_main, args=(child_conn, payload, failure_score), name="reward-worker", daemon=True)
+    process.start()
+    child_conn.close()
+    return WorkerHandle(process, parent_conn, time.monotonic() + start_timeout_s)
+
+
+class WorkerHandle:
+    """Parent side: the process, its pipe end, and what the pool has it doing."""
+
+    __slots__ = ("process", "conn", "state", "chunk", "batched", "deadline")
+
+    def __init__(self, process, conn, start_deadline: float) -> None:
+        self.process = process
+        self.conn = conn
+        self.state = "starting"  # -> "idle" <-> "busy"
+        self.chunk: list[int] = []  # indices sent and not answered yet, in order
+        self.batched = False  # told by the worker once its reward is loaded
+        self.deadline = start_deadline  # start-up deadline while starting, item/chunk deadline while busy
+
+
+def kill_worker(worker: WorkerHandle, wait_exit_s: float = 0.0) -> int | None:
+    """SIGKILL the worker and anything it started (its process group), reap it, return its exit code.
+
+    ``wait_exit_s`` first gives a worker that is already exiting time to finish, so its own
+    exit code is reported rather than our SIGKILL.
+    """
+    process = worker.process
+    if wait_exit_s > 0:
+        mp_connection.wait([process.sentinel], wait_exit_s)
+    if process.pid is not None and _pid_still_held(process):
+        try:
+            # The worker made itself group leader. Its pid is still held (running or zombie),
+            # so the group id cannot belong to an unrelated process.
+            os.killpg(process.pid, signal.SIGKILL)
+        except OSError:
+            pass  # group not set up yet (still starting) or already empty
+    if process.pid is not None and process.exitcode is None:
+        try:
+            process.kill()
+        except (OSError, ValueError):
+            pass
+    process.join(5.0)
+    try:
+        worker.conn.close()
+    except OSError:
+        pass
+    return process.exitcode
+
+
+def _pid_still_held(process) -> bool:
+    """True while the worker's pid cannot have been reused (running or zombie); does not reap it."""
+    try:
+        os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        return True
+    except ChildProcessError:
+        # Not our child (forkserver start method: the server reaps it) or already reaped.
+        return process.exitcode is None
+
+
+def shutdown_workers(workers: list[WorkerHandle], grace_s: float = 1.0) -> None:
+    """Ask idle workers to exit, give them ``grace_s``, SIGKILL the rest (busy, starting, stuck)."""
+    for w in workers:
+        if w.state == "idle":
+            try:
+                w.conn.send(None)
+            except (OSError, ValueError):
+                pass
+        else:
+            kill_worker(w)
+        try:
+            w.conn.close()
+        except OSError:
+            pass
+    deadline = time.monotonic() + grace_s
+    for w in workers:
+        mp_connection.wait([w.process.sentinel], max(0.0, deadline - time.monotonic()))
+    for w in workers:
+        kill_worker(w)
+    workers.clear()

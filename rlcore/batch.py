@@ -28,7 +28,7 @@ def build_batch(
         input_ids[i, :n] = p + r
         attention[i, :n] = 1
         span = slice(len(p) - 1, n - 1)
-        loss_mask[i, span] = response_masks[i] if response_masks is not None else 1.0
+        loss_mask[i, span] = response_masks[i] if response_masks is not None and response_masks[i] is not None else 1.0
         if rollout_logprobs is not None:
             logp[i, span] = rollout_logprobs[i]
     batch = {"input_ids": input_ids, "attention_mask": attention, "loss_mask": loss_mask}

@@ -21,7 +21,7 @@ BIG_STEPS = 100000  # with a sample budget the budget, not the step count, ends 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _TOP_KEYS = {"name", "output_dir", "base", "overrides", "seeds", "budget_samples", "target_accuracy",
              "metric", "shared_start", "runs"}
-_RUN_KEYS = {"name", "overrides"}
+_RUN_KEYS = {"name", "overrides", "base"}
 
 
 class SpecError(ValueError):
@@ -32,6 +32,7 @@ class SpecError(ValueError):
 class RunSpec:
     name: str
     overrides: list[str] = field(default_factory=list)
+    base: str | None = None  # this run's own experiment config (e.g. a different SFT format)
 
 
 @dataclass
@@ -114,7 +115,7 @@ def parse_spec(data: Any, source: str = "<spec>", spec_dir: Path | None = None) 
             raise fail(key, f"expected a mapping with name and overrides, got {item!r}")
         bad = sorted(set(map(str, item)) - _RUN_KEYS)
         if bad:
-            raise fail(f"{key}.{bad[0]}", "unknown key (known keys: name, overrides)")
+            raise fail(f"{key}.{bad[0]}", "unknown key (known keys: base, name, overrides)")
         if "name" not in item:
             raise fail(f"{key}.name", "required")
         run_name = _str(item["name"], f"{key}.name", fail)
@@ -122,7 +123,10 @@ def parse_spec(data: Any, source: str = "<spec>", spec_dir: Path | None = None) 
             raise fail(f"{key}.name", f"must be a plain directory name, got {run_name!r}")
         if run_name in {r.name for r in runs}:
             raise fail(f"{key}.name", f"duplicate run name {run_name!r}")
-        runs.append(RunSpec(run_name, to_overrides(item.get("overrides"), f"{key}.overrides", fail)))
+        run_base = None
+        if "base" in item:
+            run_base = _resolve_base(_str(item["base"], f"{key}.base", fail), spec_dir, fail)
+        runs.append(RunSpec(run_name, to_overrides(item.get("overrides"), f"{key}.overrides", fail), run_base))
     return CompareSpec(
         name=name, base=_resolve_base(_str(data["base"], "base", fail), spec_dir, fail), runs=runs,
         output_dir=_str(data.get("output_dir", "runs"), "output_dir", fail),
@@ -223,11 +227,11 @@ def check_configs(spec: CompareSpec, runs: list[RunSpec]) -> None:
     """Resolve every run's config before training anything: a typo in run 5 costs a second, not 4 runs."""
     from rlcore.config import ConfigError, load_config
 
-    jobs = [(SHARED, shared_start_overrides(spec))] if spec.shared_start else []
-    jobs += [(run_id(r.name, s), run_overrides(spec, r, s)) for r in runs for s in spec.seeds]
-    for rid, overrides in jobs:
+    jobs = [(SHARED, spec.base, shared_start_overrides(spec))] if spec.shared_start else []
+    jobs += [(run_id(r.name, s), r.base or spec.base, run_overrides(spec, r, s)) for r in runs for s in spec.seeds]
+    for rid, base, overrides in jobs:
         try:
-            load_config(spec.base, overrides)
+            load_config(base, overrides)
         except ConfigError as e:
             raise SpecError(f"run {rid}: {e}") from None
 
@@ -246,7 +250,7 @@ def _write_statuses(spec: CompareSpec, statuses: dict) -> None:
     (spec.out_dir / "status.json").write_text(json.dumps(statuses, indent=2, sort_keys=True))
 
 
-def is_done(spec: CompareSpec, rid: str, overrides: list[str], status: dict | None) -> bool:
+def is_done(spec: CompareSpec, rid: str, overrides: list[str], status: dict | None, base: str | None = None) -> bool:
     """Finished (summary.json), not marked failed, and its saved config equals what we would run."""
     run_dir = spec.runs_dir / rid
     if not (run_dir / "summary.json").is_file() or (status or {}).get("status") == "failed":
@@ -255,15 +259,17 @@ def is_done(spec: CompareSpec, rid: str, overrides: list[str], status: dict | No
         from rlcore.config import load_config
 
         saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-        return saved == load_config(spec.base, overrides).to_dict()
+        return saved == load_config(base or spec.base, overrides).to_dict()
     except Exception:  # noqa: BLE001 - anything unreadable means "run it again"
         return False
 
 
-def _launch(spec: CompareSpec, rid: str, overrides: list[str], skip_done: bool, statuses: dict) -> bool:
+def _launch(spec: CompareSpec, rid: str, overrides: list[str], skip_done: bool, statuses: dict,
+            base: str | None = None) -> bool:
     import rlcore
 
-    if skip_done and is_done(spec, rid, overrides, statuses.get(rid)):
+    base = base or spec.base
+    if skip_done and is_done(spec, rid, overrides, statuses.get(rid), base):
         print(f"[compare] {rid}: already done, skipping", flush=True)
         return True
     run_dir = spec.runs_dir / rid
@@ -271,9 +277,9 @@ def _launch(spec: CompareSpec, rid: str, overrides: list[str], skip_done: bool, 
         (run_dir / stale).unlink(missing_ok=True)
     statuses[rid] = {"status": "running"}
     _write_statuses(spec, statuses)
-    print(f"[compare] {rid}: rlcore.train({spec.base}, {overrides})", flush=True)
+    print(f"[compare] {rid}: rlcore.train({base}, {overrides})", flush=True)
     try:
-        rlcore.train(spec.base, overrides)
+        rlcore.train(base, overrides)
         statuses[rid] = {"status": "ok"}
     except Exception as e:  # noqa: BLE001 - one broken config must not stop the comparison
         traceback.print_exc(file=sys.stderr)
@@ -311,7 +317,7 @@ def run_compare(spec: CompareSpec, only: list[str] | None = None, skip_done: boo
                     reason = statuses.get(SHARED, {}).get("error", "failed")
                     statuses[rid] = {"status": "failed", "error": f"shared start failed: {reason}"}
                     continue
-                _launch(spec, rid, run_overrides(spec, run, seed), skip_done and not rerun_shared, statuses)
+                _launch(spec, rid, run_overrides(spec, run, seed), skip_done and not rerun_shared, statuses, run.base)
         _write_statuses(spec, statuses)
     return build_report(spec)
 

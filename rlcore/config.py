@@ -31,18 +31,23 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    task: Literal["arith", "file"] = "arith"
-    train_path: str = ""  # jsonl / parquet / json (task=file)
+    task: Literal["arith", "file", "hf"] = "arith"
+    train_path: str = ""  # task=file: jsonl / parquet / json (or a directory of them); task=hf: hub id or local dir
     eval_path: str = ""
+    train_split: str = "train"  # task=hf, or a directory path: which split's file(s) to read
+    eval_split: str = "test"
+    hf_config: str = ""  # task=hf: dataset config name (e.g. "main" for gsm8k)
     fields: dict[str, str] = field(default_factory=dict)  # our name -> column name
     system_prompt: str = ""
-    prompt_template: str = "{prompt}"  # user message; {prompt} is the record's prompt
+    prompt_template: str = "{prompt}"  # user message; {prompt} is the record's prompt, {instruction} below
+    instruction: str = ""  # answer-format instruction; appended after a blank line unless the template places it
+    chat_template: str = "auto"  # auto (the tokenizer's, plain text if none) | none | path to a Jinja file
     # synthetic arithmetic task
     arith_min_operands: int = 2
     arith_max_operands: int = 4
     arith_max_operand: int = 9
     arith_ops: str = "+"
-    arith_answer_format: Literal["boxed", "plain", "steps"] = "boxed"  # SFT target style
+    arith_answer_format: Literal["boxed", "plain", "steps", "tool"] = "boxed"  # SFT target style
     # "iid": eval problems drawn from the task distribution with another seed (they may also
     # occur in training: the space is finite; eval/accuracy_unseen scores the ones that don't).
     # "disjoint": the problem space is split in two; no eval problem ever appears in training.
@@ -141,6 +146,24 @@ class AllocationConfig:
 
 
 @dataclass
+class ToolsConfig:
+    """A Python interpreter the model may call mid-reasoning (rollout/tool_rollout.py, tools_sandbox/)."""
+
+    enabled: bool = False
+    max_tool_calls: int = 2
+    timeout_s: float = 5.0
+    max_output_chars: int = 512
+    output_template: str = "```output\n{output}\n```\n"
+    no_more_code_message: str = "(No more code execution is available; give the final answer.)\n"
+    prompt_hint: str = ""  # CoRT: inserted at the start of the response (masked)
+    answer_hint: str = ""  # START: inserted before the final answer when no code ran yet (masked)
+    max_total_new_tokens: int = 0  # over all rounds, inserted tokens included; 0 = rollout.max_new_tokens
+    all_failed_penalty: float = 0.0  # added to the reward when every code call failed (CoRT: -0.1)
+    sandbox_workers: int = 4  # warm sandboxed interpreters
+    sandbox_memory_mb: int = 512
+
+
+@dataclass
 class CriticConfig:
     """The value model of PPO: its own FSDP group, initialised from the policy with a fresh value head."""
 
@@ -156,12 +179,39 @@ class CriticConfig:
 
 
 @dataclass
+class RewardComponentConfig:
+    fn: str = ""  # like reward.fn
+    weight: float = 1.0
+    name: str = ""  # key in the result's info (score/<name>); default: fn
+    args: dict[str, Any] = field(default_factory=dict)  # keyword arguments for fn (e.g. format_regex's pattern)
+
+
+@dataclass
+class OverlongConfig:
+    """DAPO soft overlong punishment: 0 up to max - cache tokens, linear to -1 at max, -1 beyond."""
+
+    cache_tokens: int = 0  # L_cache, > 0
+    max_tokens: int = 0  # L_max; 0 = rollout.max_new_tokens
+    weight: float = 1.0
+
+
+@dataclass
+class LengthPenaltyConfig:
+    coef: float = 0.0  # reward -= coef * max(0, num_tokens - target_tokens); 0 = off
+    target_tokens: int = 0
+
+
+@dataclass
 class RewardConfig:
-    fn: str = "math_answer"  # registered name, module:function or path/file.py:function
+    fn: str = "math_answer"  # registered name, entry point, module:function or path/file.py:function
     imports: list[str] = field(default_factory=list)  # modules that register rewards
+    components: list[RewardComponentConfig] = field(default_factory=list)  # if given: their weighted sum, not fn
+    overlong: OverlongConfig | None = None  # DAPO overlong shaping (off when absent)
+    length_penalty: LengthPenaltyConfig | None = None
     num_workers: int = 1
-    timeout_s: float = 5.0
-    failure_score: float = 0.0
+    batch_size: int = 16  # items sent to a worker per round trip
+    timeout_s: float = 5.0  # per item
+    failure_score: float = 0.0  # the score of an item whose reward raised, hung, crashed or returned junk
 
 
 @dataclass
@@ -169,6 +219,32 @@ class EvalConfig:
     every: int = 10  # steps; 0 = only at start and end
     num_prompts: int = 200
     temperature: float = 0.0
+    # Shipped math benchmarks (rlcore/data/benchmarks.py) run at every eval, logged as
+    # eval/<bench>/accuracy, eval/<bench>/pass@k, eval/<bench>/maj@k, ... (rlcore/eval_metrics.py).
+    # With no eval set (data.eval_path empty) eval/accuracy is the first benchmark's accuracy.
+    benchmarks: list[str] = field(default_factory=list)  # e.g. [math500, gsm8k]; [] = none
+    benchmark_limit: int = 0  # first N problems of each benchmark (0 = all)
+    benchmark_n: int = 1  # samples per problem
+    benchmark_k: list[int] = field(default_factory=list)  # pass@k / maj@k; [] = 1, 2, 4, ..., n
+    benchmark_temperature: float = 0.6  # 0 = greedy
+    benchmark_max_new_tokens: int = 0  # 0 = rollout.max_new_tokens
+    benchmark_reward: str = ""  # "" = each benchmark's default (math_answer)
+    benchmark_prompt_template: str = ""  # "" = "{prompt}\n\n{instruction}"; system prompt from data.system_prompt
+    benchmark_data_dir: str = ""  # "" = the shipped data/benchmarks
+
+    def __post_init__(self) -> None:
+        if not self.benchmarks:
+            return
+        from rlcore.data.benchmarks import get_benchmark
+
+        for name in self.benchmarks:
+            try:
+                get_benchmark(name)
+            except KeyError as e:
+                raise ConfigError(f"eval.benchmarks: {e.args[0]}") from None
+        if self.benchmark_n < 1 or any(not 1 <= k <= self.benchmark_n for k in self.benchmark_k):
+            raise ConfigError(f"eval.benchmark_k: every k must lie in [1, benchmark_n={self.benchmark_n}], "
+                              f"got {self.benchmark_k}")
 
 
 @dataclass
@@ -212,6 +288,7 @@ class ExperimentConfig:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     allocation: AllocationConfig = field(default_factory=AllocationConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -321,6 +398,7 @@ def validate(cfg: ExperimentConfig, source: str) -> None:
     except KeyError as e:
         fail("algorithm.name", str(e).strip("'\""))
     _validate_rl_sections(cfg, fail)
+    _validate_reward(cfg, fail)
 
 
 def _validate_rl_sections(cfg: ExperimentConfig, fail) -> None:
@@ -357,6 +435,39 @@ def _validate_rl_sections(cfg: ExperimentConfig, fail) -> None:
         fail("critic.num_ranks", "critic.num_ranks and critic.micro_batch_size must be >= 1")
     if cfg.critic.lr <= 0:
         fail("critic.lr", "must be > 0")
+    if cfg.tools.enabled:
+        if cfg.tools.max_tool_calls < 0 or cfg.tools.timeout_s <= 0:
+            fail("tools.max_tool_calls", "need max_tool_calls >= 0 and timeout_s > 0")
+        if "{output}" not in cfg.tools.output_template:
+            fail("tools.output_template", "must contain '{output}'")
+
+
+def _validate_reward(cfg: ExperimentConfig, fail) -> None:
+    import math
+
+    rc = cfg.reward
+    if rc.batch_size < 1:
+        fail("reward.batch_size", "must be >= 1")
+    if not rc.timeout_s > 0:
+        fail("reward.timeout_s", "must be > 0")
+    if not math.isfinite(rc.failure_score):
+        fail("reward.failure_score", "must be finite")
+    if rc.components and rc.fn != RewardConfig.fn:
+        fail("reward.fn", "set either reward.fn or reward.components (list fn as the first component)")
+    for i, c in enumerate(rc.components):
+        if not c.fn.strip():
+            fail(f"reward.components[{i}].fn", "required")
+        if not math.isfinite(c.weight):
+            fail(f"reward.components[{i}].weight", "must be finite")
+    if rc.overlong is not None:
+        if rc.overlong.max_tokens < 0:
+            fail("reward.overlong.max_tokens", "must be >= 0 (0 = rollout.max_new_tokens)")
+        limit = rc.overlong.max_tokens or cfg.rollout.max_new_tokens
+        if not 0 < rc.overlong.cache_tokens <= limit:
+            fail("reward.overlong.cache_tokens", f"need 0 < cache_tokens <= max_tokens ({limit}), "
+                 f"got {rc.overlong.cache_tokens}")
+    if rc.length_penalty is not None and (rc.length_penalty.coef < 0 or rc.length_penalty.target_tokens < 0):
+        fail("reward.length_penalty", "coef and target_tokens must be >= 0")
 
 
 # -------------------------------------------------------------------------------- internals

@@ -81,6 +81,8 @@ def summarize_run(run_dir: str | Path, metric: str, target: float | None, status
         "final_accuracy": points[-1]["accuracy"] if points else None,
         "num_prompts": points[-1]["num_prompts"] if points else None,
         "start_accuracy": points[0]["accuracy"] if points else None,
+        # The policy moves between evaluations; the mean of the last three is less noisy.
+        "last3_accuracy": _mean([p["accuracy"] for p in points[-3:]]) if points else None,
         "samples_generated": summary.get("samples_generated", last_samples),
         "wall_time_s": summary.get("wall_time_s", last_wall),
         "samples_to_target": None, "wall_s_to_target": None, "curve": points,
@@ -116,6 +118,7 @@ def aggregate(name: str, runs: list[dict], target: float | None) -> dict:
     reached = [r for r in ok if r.get("samples_to_target") is not None]
     row.update({
         "start_accuracy": _mean([r.get("start_accuracy") for r in ok]),
+        "last3_accuracy": _mean([r.get("last3_accuracy") for r in ok]),
         "samples_generated": _mean([r.get("samples_generated") for r in ok]),
         "wall_time_s": _mean([r.get("wall_time_s") for r in ok]),
         "target_reached_seeds": len(reached) if target is not None else None,
@@ -167,8 +170,8 @@ def render_markdown(report: dict) -> str:
     shared = meta.get("shared_status")
     if shared and shared.get("status") == "failed":
         lines += ["", f"Shared start FAILED: {shared.get('error')}"]
-    lines += ["", f"| Config | Final acc (95% CI) | Start acc | Samples | Wall time | Samples to {tgt} | "
-                  f"Time to {tgt} | Status |", "|---|---|---|---|---|---|---|---|"]
+    lines += ["", f"| Config | Final acc (95% CI) | Last 3 evals | Start acc | Samples | Wall time | Samples to {tgt} | "
+                  f"Time to {tgt} | Status |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["final_accuracy"] is None:
             acc = "—"
@@ -177,6 +180,7 @@ def render_markdown(report: dict) -> str:
         else:
             acc = f"{r['final_accuracy']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
         start = "—" if r["start_accuracy"] is None else f"{r['start_accuracy']:.3f}"
+        last3 = "—" if r.get("last3_accuracy") is None else f"{r['last3_accuracy']:.3f}"
         if target is None or not r["ok_seeds"]:
             s_tgt = t_tgt = "—"
         elif r["samples_to_target"] is None:
@@ -184,12 +188,12 @@ def render_markdown(report: dict) -> str:
         else:
             part = "" if r["target_reached_seeds"] == r["ok_seeds"] else f" ({r['target_reached_seeds']}/{r['ok_seeds']} seeds)"
             s_tgt, t_tgt = _fmt_num(r["samples_to_target"]) + part, _fmt_min(r["wall_s_to_target"]) + part
-        cells = [r["name"], acc, start, _fmt_num(r["samples_generated"]), _fmt_min(r["wall_time_s"]), s_tgt, t_tgt,
+        cells = [r["name"], acc, last3, start, _fmt_num(r["samples_generated"]), _fmt_min(r["wall_time_s"]), s_tgt, t_tgt,
                  r["status"]]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     wil = [r["name"] for r in rows if r["ci_method"] == "wilson"]
     tint = [r["name"] for r in rows if (r["ci_method"] or "").startswith("t(")]
-    note = ["", "Final acc is the last evaluation of the metric; Samples and Wall time are means over the seeds that "
+    note = ["", "Final acc is the last evaluation of the metric, Last 3 evals the mean of the last three; Samples and Wall time are means over the seeds that "
                 "finished; targets count the first evaluation at or above the target."]
     if wil:
         note.append(f"\n95% CI, one seed: Wilson score interval on accuracy × eval/num_prompts ({', '.join(wil)}).")

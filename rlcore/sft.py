@@ -6,13 +6,32 @@ task's reference completions, with the same FSDP learners and the same batch for
 from __future__ import annotations
 
 import math
+import re
 import time
 
 from rlcore.batch import build_batch
 from rlcore.config import ExperimentConfig
 from rlcore.data.source import PromptSource
 from rlcore.groups import LearnerGroup
+from rlcore.data.arith import sft_completion
 from rlcore.prompts import PromptRenderer
+
+# Interpreter output inside a reference trajectory: tokenized on its own and masked out of the
+# loss, exactly as the tool rollout inserts and masks it during RL.
+_OUTPUT_BLOCK = re.compile(r"(```output\n.*?\n```\n)", re.S)
+
+
+def sft_target(renderer: PromptRenderer, record: dict) -> tuple[list[int], list[float]]:
+    """Target ids (eos appended) and their loss mask."""
+    text = record.get("sft_completion") or sft_completion(record)
+    ids: list[int] = []
+    mask: list[float] = []
+    for k, piece in enumerate(_OUTPUT_BLOCK.split(text)):
+        if piece:
+            piece_ids = list(renderer.tok(piece, add_special_tokens=False)["input_ids"])
+            ids += piece_ids
+            mask += [0.0 if k % 2 else 1.0] * len(piece_ids)
+    return ids + [renderer.eos_id], mask + [1.0]
 
 
 def sft_lr(step: int, cfg: ExperimentConfig) -> float:
@@ -36,8 +55,8 @@ def run_sft(
         usable = len(batch_records) - len(batch_records) % num_ranks
         batch_records = batch_records[:usable]
         prompts = [renderer.ids(r) for r in batch_records]
-        targets = [renderer.sft_target_ids(r) for r in batch_records]
-        batch = build_batch(prompts, targets, pad_id)
+        targets = [sft_target(renderer, r) for r in batch_records]
+        batch = build_batch(prompts, [t[0] for t in targets], pad_id, response_masks=[t[1] for t in targets])
         metrics = learners.train(batch, "sft", {"lr": sft_lr(step, cfg), "mini_batches": 1, "epochs": 1})
         if on_step is not None:
             on_step(step + 1, metrics)

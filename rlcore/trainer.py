@@ -17,7 +17,7 @@ import torch
 
 from algorithms import get_algorithm
 from algorithms.allocators import get_allocator
-from rewards import RewardInput, RewardPool, get_reward
+from rewards import RewardInput, RewardPool, reward_from_config
 from rlcore import checkpoint as ckpt
 from rlcore import topology
 from rlcore.batch import build_batch
@@ -29,7 +29,9 @@ from rlcore.prompts import PromptRenderer, load_datasets
 from rlcore.sampling import GroupSampler, is_accepted
 from rlcore.sft import run_sft
 from rlcore.tracking import Tracker, plot_learning_curve
+from rlcore.tools import ToolRunner
 from rlcore.update import UpdateBuilder
+from rollout.tool_rollout import tool_metrics
 from rollout.engine import Request, SamplingConfig
 
 
@@ -48,10 +50,9 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = cfg.run_dir
         self.spec = get_algorithm(cfg.algorithm.name)(cfg.algorithm)
-        for module in cfg.reward.imports:
-            __import__(module)
-        self.reward = reward if reward is not None else cfg.reward.fn
-        get_reward(self.reward)  # resolve now: a typo fails before workers start
+        # fn, or the composition (weighted components + length shaping); resolved now, so a typo
+        # fails before workers start
+        self.reward = reward_from_config(cfg.reward, override=reward)
         self._prepare_model()
         from transformers import AutoTokenizer
 
@@ -69,6 +70,7 @@ class Trainer:
         )
         self.update = UpdateBuilder(cfg, self.spec, self.pad_id)
         self.critic = None
+        self.tools = None
         self.resume_from = self._find_resume()
         self.step = 0
         self.samples_generated = 0
@@ -104,10 +106,12 @@ class Trainer:
         self.learners = LearnerGroup(*topology.create_learner_group(self.cfg))
         if self.spec.needs_critic:
             self.critic = LearnerGroup(*topology.create_learner_group(self.cfg, role="critic"))
+        self.tools = ToolRunner(self.cfg.tools, self.rollout.generate, self.tokenizer) if self.cfg.tools.enabled else None
         self.rollout = RolloutGroup(rollout_workers)
         self.pool = RewardPool(
             self.reward, num_workers=self.cfg.reward.num_workers,
             timeout_s=self.cfg.reward.timeout_s, failure_score=self.cfg.reward.failure_score,
+            batch_size=self.cfg.reward.batch_size,
         )
 
     # ------------------------------------------------------------------- run
@@ -198,6 +202,12 @@ class Trainer:
         """Per-sample seeds make generation reproducible across restarts and worker counts."""
         return int(np.random.SeedSequence([self.cfg.seed, self.step, prompt_index, sample_index]).generate_state(1)[0] >> 1)
 
+    def generate(self, requests, sampling: SamplingConfig) -> list:
+        """The engines, or the engines driven through the interpreter loop when tools are on."""
+        if self.tools is not None:
+            return self.tools.generate(requests, sampling)
+        return self.rollout.generate(requests, sampling)
+
     def _sampling(self, temperature: float) -> SamplingConfig:
         return SamplingConfig(
             max_new_tokens=self.cfg.rollout.max_new_tokens, temperature=temperature,
@@ -207,18 +217,22 @@ class Trainer:
     def _train_step(self) -> dict:
         cfg, rc = self.cfg, self.cfg.rollout
         timings = {"time/generate_s": 0.0, "time/reward_s": 0.0}
+        step_completions: list = []  # everything generated this step, kept or not
         t_step = time.perf_counter()
 
         def generate(requests):
             t = time.perf_counter()
-            out = self.rollout.generate(requests, self._sampling(rc.temperature))
+            out = self.generate(requests, self._sampling(rc.temperature))
             timings["time/generate_s"] += time.perf_counter() - t
             return out
 
         def score(records, completions):
             t = time.perf_counter()
             out = self._score(records, completions)
+            if self.tools is not None:
+                self.tools.apply_penalty(completions, out)
             timings["time/reward_s"] += time.perf_counter() - t
+            step_completions.extend(completions)
             return out
 
         t = time.perf_counter()
@@ -266,6 +280,7 @@ class Trainer:
             "samples/generated": self.samples_generated,
             **sample_metrics, **update_metrics, **self.allocator.metrics(),
             **train_metrics, **timings, **self.pool.pop_metrics(),
+            **(tool_metrics(step_completions) if self.tools is not None else {}),
         }
         metrics["time/overhead_frac"] = 1.0 - sum(
             timings[k] for k in ("time/generate_s", "time/reward_s", "time/allocate_s", "time/logprob_s",
@@ -286,6 +301,7 @@ class Trainer:
             RewardInput(
                 prompt=r["prompt"], completion=self.tokenizer.decode(c.token_ids, skip_special_tokens=True),
                 ground_truth=str(r["answer"]), metadata=r.get("metadata") or {},
+                num_tokens=len(c.token_ids), max_tokens=self.cfg.rollout.max_new_tokens,
             )
             for r, c in zip(records, completions)
         ]
@@ -313,11 +329,20 @@ class Trainer:
     def _evaluate(self) -> dict:
         t = time.perf_counter()
         records = self.eval_records
+        metrics, bench = {}, {}
+        if self.cfg.eval.benchmarks:  # shipped benchmarks, same rollout group and reward pool
+            from rlcore.evaluate import trainer_benchmarks
+
+            metrics, bench = trainer_benchmarks(self)
+        if not records and bench:  # no eval set: the first benchmark is the headline number
+            first = next(iter(bench.values()))
+            metrics["eval/accuracy"] = float(first.get("accuracy", 0.0))
         requests = [Request(self.renderer.ids(r), 0) for r in records]  # greedy: the seed is unused
-        completions = self.rollout.generate(requests, self._sampling(self.cfg.eval.temperature))
-        results = self._score(records, completions)
+        completions = self.generate(requests, self._sampling(self.cfg.eval.temperature)) if records else []
+        results = self._score(records, completions) if records else []
         correct = np.array([bool(r.correct) for r in results], dtype=float)
-        metrics = {"eval/accuracy": float(correct.mean()), "eval/num_prompts": len(records)}
+        if records or not bench:
+            metrics.update({"eval/accuracy": float(correct.mean()), "eval/num_prompts": len(records)})
         by_level: dict[str, list[float]] = {}
         for rec, ok in zip(records, correct):
             level = rec.get("difficulty")
@@ -396,6 +421,8 @@ class Trainer:
         pool = getattr(self, "pool", None)
         if pool is not None:
             pool.close()
+        if getattr(self, "tools", None) is not None:
+            self.tools.close()
         for group in ("rollout", "learners", "critic"):
             handle = getattr(self, group, None)
             if handle is not None:

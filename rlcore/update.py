@@ -56,8 +56,11 @@ class UpdateBuilder:
                 results.append(r)
                 owners.append(gi)
         n = len(completions)
+        # Tool-integrated trajectories carry a mask: interpreter output is not the policy's.
+        masks = [getattr(c, "mask", None) for c in completions]
         batch = build_batch(prompts, [c.token_ids for c in completions], self.pad_id,
-                            rollout_logprobs=[c.logprobs for c in completions])
+                            rollout_logprobs=[c.logprobs for c in completions],
+                            response_masks=masks if any(m is not None for m in masks) else None)
         batch = pad_rows(batch, self.row_multiple)
         mask = torch.from_numpy(batch["loss_mask"][:n])
         temperature = cfg.rollout.temperature

@@ -7,6 +7,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET="${RLCORE_TARGET:-cpu}"
 PY="${PYTHON:-python3}"
+# The code sandbox (tools_sandbox) needs bubblewrap; install it when we may (idempotent).
+if ! command -v bwrap >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || { sudo -n true 2>/dev/null && SUDO="sudo -n"; } || SUDO="none"
+  if [ "$SUDO" != none ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing bubblewrap (for the code sandbox)"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get install -y -qq bubblewrap >/dev/null 2>&1 || \
+      { $SUDO apt-get update -qq >/dev/null 2>&1 && $SUDO apt-get install -y -qq bubblewrap >/dev/null; } || \
+      echo "WARNING: could not install bubblewrap; the code sandbox will refuse to run"
+  else
+    echo "NOTE: bubblewrap (bwrap) is missing and we cannot apt-get it (not root, no sudo):"
+    echo "      the code sandbox (tools_sandbox) will refuse to run until an admin runs"
+    echo "      'apt-get install bubblewrap' (or dnf/pacman install bubblewrap)."
+  fi
+fi
 stamp=".venv/.rlcore-setup-$TARGET-$(sha1sum pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)"
 if [ -f "$stamp" ]; then exit 0; fi
 [ -d .venv ] || "$PY" -m venv .venv

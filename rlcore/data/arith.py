@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 _ALLOWED_OPS = "+-"
-_FORMATS = ("boxed", "plain", "steps")
+_FORMATS = ("boxed", "plain", "steps", "tool")
 
 
 @dataclass
@@ -45,6 +45,7 @@ class ArithConfig:
     max_operand: int = 9  # operands are drawn uniformly from [0, max_operand]
     ops: str = "+"  # operators to draw from, subset of "+-"; evaluated left to right
     answer_format: str = "boxed"  # "boxed" -> \boxed{12}; "plain" -> 12; "steps" -> 3+4=7 7+5=12 \boxed{12}
+    # "tool" -> a fenced python block that prints the expression, its output block, \boxed{12}
     prompt_template: str = "{problem}="  # user-message text; "{problem}" is the expression
 
     def __post_init__(self) -> None:
@@ -83,8 +84,18 @@ def worked_steps(problem: str) -> str:
     return " ".join(steps)
 
 
+TOOL_OUTPUT_TEMPLATE = "```output\n{output}\n```\n"  # as rollout.tool_rollout.ToolConfig inserts it
+
+
+def tool_completion(problem: str, answer: str) -> str:
+    """A CoRT-style trajectory: compute with Python, read the interpreter, answer. The output
+    block is what the interpreter would insert; SFT masks it out of the loss like RL does."""
+    code = "```python\nprint(" + problem + ")\n```\n"
+    return code + TOOL_OUTPUT_TEMPLATE.format(output=answer) + "\\boxed{" + answer + "}"
+
+
 def format_answer(answer: str, answer_format: str = "boxed") -> str:
-    if answer_format in ("boxed", "steps"):
+    if answer_format in ("boxed", "steps", "tool"):
         return "\\boxed{" + answer + "}"
     if answer_format == "plain":
         return answer
@@ -153,6 +164,8 @@ def sft_completion(record: dict) -> str:
     fmt = meta.get("answer_format", "boxed")
     if fmt == "steps":
         return worked_steps(meta["problem"]) + " " + format_answer(str(record["answer"]), fmt)
+    if fmt == "tool":
+        return tool_completion(meta["problem"], str(record["answer"]))
     return format_answer(str(record["answer"]), fmt)
 
 

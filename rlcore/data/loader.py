@@ -28,6 +28,11 @@ A bad row raises :class:`DataError` naming the file and the row, e.g.
 (``{split}.jsonl``, ``{split}.jsonl.gz``, ``{split}.parquet``, ``{split}.json`` or HF-style
 ``{split}-*.parquet`` shards, also under ``data/``); if ``path`` is a ``.json`` file holding an
 object of splits (``{"train": [...], "test": [...]}``) it picks that key.
+
+Hugging Face datasets: :func:`load_hf_dataset` takes a hub id (needs the optional ``datasets``
+package and network; without it a :class:`DataError` says what to install) or a local directory
+(a ``save_to_disk`` output or a downloaded snapshot of parquet/jsonl files; no ``datasets``
+needed), with the same field mapping.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-__all__ = ["DataError", "load_records", "write_jsonl", "DEFAULT_FIELDS"]
+__all__ = ["DataError", "load_records", "load_hf_dataset", "write_jsonl", "DEFAULT_FIELDS"]
 
 DEFAULT_FIELDS: dict[str, str | None] = {"prompt": "prompt", "answer": "answer", "id": "id"}
 
@@ -209,16 +214,7 @@ def load_records(
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file or directory")
-    mapping: dict[str, str | None] = dict(DEFAULT_FIELDS)
-    if fields:
-        for k, v in fields.items():
-            if v is not None and not isinstance(v, str):
-                raise DataError(f"fields[{k!r}] must be a column name (str) or None, got {v!r}")
-        mapping.update(fields)
-    if mapping.get("prompt") is None:
-        raise DataError("fields['prompt'] must name a column")
-    # the default id column is optional; a custom-mapped id column is required
-    id_required = bool(fields and fields.get("id") not in (None, "id"))
+    mapping, id_required = _mapping(fields)
 
     target = _resolve_split(p, split)
     if target.is_dir():  # several HF-style shards
@@ -240,7 +236,24 @@ def load_records(
             rows = _iter_json(target, None if p.is_dir() else split)
         else:
             raise DataError(f"{target}: unsupported file type {ext!r} (use .jsonl, .jsonl.gz, .parquet or .json)")
+    return _collect(rows, mapping, stem, id_required, str(target))
 
+
+def _mapping(fields: dict[str, str] | None) -> tuple[dict[str, str | None], bool]:
+    """Our-name -> column mapping with defaults, and whether the id column is required."""
+    mapping: dict[str, str | None] = dict(DEFAULT_FIELDS)
+    if fields:
+        for k, v in fields.items():
+            if v is not None and not isinstance(v, str):
+                raise DataError(f"fields[{k!r}] must be a column name (str) or None, got {v!r}")
+        mapping.update(fields)
+    if mapping.get("prompt") is None:
+        raise DataError("fields['prompt'] must name a column")
+    # the default id column is optional; a custom-mapped id column is required
+    return mapping, bool(fields and fields.get("id") not in (None, "id"))
+
+
+def _collect(rows: Iterable[tuple[str, Any]], mapping: dict, stem: str, id_required: bool, where_all: str) -> list[dict]:
     records: list[dict] = []
     seen_ids: dict[str, str] = {}
     for index, (where, row) in enumerate(rows, 1):
@@ -252,5 +265,94 @@ def load_records(
         seen_ids[rec["id"]] = where
         records.append(rec)
     if not records:
-        raise DataError(f"{target}: no records")
+        raise DataError(f"{where_all}: no records")
     return records
+
+
+# ------------------------------------------------------------------ Hugging Face datasets
+
+_NO_DATASETS = ("loading {what} needs the optional `datasets` package, which is not installed "
+                "(pip install datasets); or download the data and point the path at local "
+                ".jsonl/.parquet files or a directory of them")
+
+
+def _import_datasets(what: str):
+    try:
+        import datasets
+    except ImportError as e:
+        raise DataError(_NO_DATASETS.format(what=what)) from e
+    return datasets
+
+
+def _is_saved_dataset(p: Path) -> bool:
+    """A directory written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk`."""
+    return (p / "state.json").is_file() or (p / "dataset_dict.json").is_file()
+
+
+def _iter_saved_dataset(p: Path, split: str | None) -> Iterator[tuple[str, Any]]:
+    """Rows of a `save_to_disk` directory: via `datasets.load_from_disk` when installed, else
+    by reading its Arrow stream shards with pyarrow (what `save_to_disk` writes, already flat)."""
+    if (p / "dataset_dict.json").is_file():
+        splits = json.loads((p / "dataset_dict.json").read_text()).get("splits", [])
+        if split is None or split not in splits:
+            raise DataError(f"{p}: a saved DatasetDict with splits {splits}; pass a split that exists (got {split!r})")
+        p = p / split
+    try:
+        import datasets
+    except ImportError:
+        datasets = None
+    if datasets is not None:
+        ds = datasets.load_from_disk(str(p))
+        for i, row in enumerate(ds, 1):
+            yield f"{p}[row {i}]", row
+        return
+    import pyarrow as pa
+
+    state = json.loads((p / "state.json").read_text())
+    if state.get("_indices_data_files"):  # pragma: no cover - save_to_disk flattens indices
+        raise DataError(_NO_DATASETS.format(what=f"{p} (it has an indices mapping)"))
+    i = 0
+    for entry in state.get("_data_files", []):
+        shard = p / entry["filename"]
+        try:
+            with pa.memory_map(str(shard)) as source:
+                table = pa.ipc.open_stream(source).read_all()
+        except Exception as e:
+            raise DataError(f"{shard}: cannot read Arrow shard ({e})") from e
+        for row in table.to_pylist():
+            i += 1
+            yield f"{p}[row {i}]", row
+
+
+def load_hf_dataset(
+    name_or_path: str | os.PathLike,
+    *,
+    split: str = "train",
+    fields: dict[str, str] | None = None,
+    config_name: str | None = None,
+    revision: str | None = None,
+) -> list[dict]:
+    """Records from a Hugging Face dataset: a local directory if ``name_or_path`` exists, else a
+    hub id (needs the optional ``datasets`` package and network).
+
+    Local directories work without ``datasets``: a `save_to_disk` output (``state.json`` /
+    ``dataset_dict.json``) or a hub snapshot of ``.parquet``/``.jsonl`` files, looked up as
+    ``{split}.*`` or ``{split}-*.parquet`` in the directory, its ``data/`` or its ``config_name/``
+    folder. Field mapping and validation are those of :func:`load_records`.
+    """
+    mapping, id_required = _mapping(fields)
+    p = Path(name_or_path)
+    if p.exists():
+        if p.is_dir() and _is_saved_dataset(p):
+            return _collect(_iter_saved_dataset(p, split), mapping, split, id_required, str(p))
+        if p.is_dir() and config_name and (p / config_name).is_dir():
+            p = p / config_name
+        return load_records(p, fields=fields, split=split if p.is_dir() else None)
+    name = str(name_or_path)
+    datasets = _import_datasets(f"the hub dataset {name!r}")
+    try:
+        ds = datasets.load_dataset(name, config_name, split=split, revision=revision)
+    except Exception as e:
+        raise DataError(f"{name}: cannot load split {split!r} from the hub ({type(e).__name__}: {e})") from e
+    rows = ((f"{name}[{split}][row {i}]", row) for i, row in enumerate(ds, 1))
+    return _collect(rows, mapping, f"{name.replace('/', '_')}-{split}", id_required, name)

@@ -159,10 +159,12 @@ def test_report_numbers(tmp_path):
 
     md_path = report.write(tmp_path / "rep", rep)
     md = md_path.read_text()
-    assert table_row(md, "a") == ["a", "0.620 [0.366, 0.874]", "0.200", "1,024", "2.0 min", "768", "1.5 min", "ok"]
-    assert table_row(md, "b") == ["b", "0.450 [0.383, 0.519]", "0.200", "1,100", "3.0 min", "not reached",
+    # Last 3 evals: a = mean((.2+.55+.6)/3, (.2+.4+.64)/3) = 0.4317; b = (.2+.3+.45)/3 = 0.3167
+    assert table_row(md, "a") == ["a", "0.620 [0.366, 0.874]", "0.432", "0.200", "1,024", "2.0 min", "768", "1.5 min",
+                                  "ok"]
+    assert table_row(md, "b") == ["b", "0.450 [0.383, 0.519]", "0.317", "0.200", "1,100", "3.0 min", "not reached",
                                   "not reached", "failed (1/2): s1: RuntimeError: boom"]
-    assert table_row(md, "c")[1:7] == ["—"] * 6
+    assert table_row(md, "c")[1:8] == ["—"] * 7
     assert "Budget: 1,024 samples per run · seeds: 0, 1 · base: `base.yaml`" in md
     assert "Wilson score interval on accuracy × eval/num_prompts (b)" in md and "over seeds (a)" in md
     png = tmp_path / "rep" / "report.png"
@@ -182,7 +184,7 @@ def test_eval_points_carry_counters_and_partial_target():
              "samples_generated": 100, "wall_time_s": 9, "samples_to_target": None, "wall_s_to_target": None}]
     row = report.aggregate("x", runs, 0.5)
     md = report.render_markdown({"meta": {"target_accuracy": 0.5, "seeds": [0, 1]}, "configs": [row]})
-    assert table_row(md, "x")[5] == "100 (1/2 seeds)"
+    assert table_row(md, "x")[6] == "100 (1/2 seeds)"
     xs, ys = zip(*report.mean_curve([[(0, 0.0), (10, 1.0)], [(0, 0.2), (5, 0.2), (20, 0.2)]]))
     assert xs == (0, 5, 10) and ys == pytest.approx((0.1, 0.35, 0.6))  # only where every seed has data
 
@@ -232,7 +234,7 @@ def test_driver_runs_in_order_shares_start_and_survives_failure(tmp_path, fake_t
     assert fake_train[3]["algorithm.clip_high"] == "0.3" and fake_train[4]["seed"] == "1"
     text = md.read_text()
     assert table_row(text, "bad")[-1] == "failed (2/2): s0: RuntimeError: boom; s1: RuntimeError: boom"
-    assert table_row(text, "grpo")[1].startswith("0.550 ") and table_row(text, "grpo")[5] == "256 (1/2 seeds)"
+    assert table_row(text, "grpo")[1].startswith("0.550 ") and table_row(text, "grpo")[6] == "256 (1/2 seeds)"
     assert (spec.out_dir / "report.png").is_file() and (spec.out_dir / "report.json").is_file()
 
     # --report-only trains nothing; --skip-done skips finished runs whose config matches (and the shared start)
@@ -272,3 +274,23 @@ def test_cli(tmp_path, fake_train, capsys):
     (tmp_path / "bad.yaml").write_text("name: x\nbase: base.yaml\nruns: [{name: a}]\nbudget_sample: 3\n")
     assert main(["compare", str(tmp_path / "bad.yaml"), "--report-only"]) == 2
     assert "budget_sample: unknown key" in capsys.readouterr().err
+
+
+def test_a_run_may_name_its_own_base_config(tmp_path, monkeypatch):
+    """tool vs no-tool runs differ in their SFT format, so each brings its own experiment file."""
+    (tmp_path / "other.yaml").write_text("name: other\nmodel:\n  path: other/model\n")
+    path = write_spec(tmp_path, shared_start=False,
+                      runs=[{"name": "plain"}, {"name": "own", "base": "other.yaml"}])
+    spec = load_spec(path)
+    assert spec.runs[1].base == str(tmp_path / "other.yaml") and spec.runs[0].base is None
+    bases = []
+
+    def train(config, overrides):
+        bases.append(Path(config).name)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr("rlcore.train", train)
+    run_compare(spec)  # check_configs loads each run with its own base
+    assert bases == ["base.yaml", "other.yaml"]
+    with pytest.raises(SpecError, match="missing.yaml not found"):
+        load_spec(write_spec(tmp_path, runs=[{"name": "x", "base": "missing.yaml"}]))

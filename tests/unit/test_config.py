@@ -79,8 +79,14 @@ def test_invalid_yaml(tmp_path):
 
 
 def test_shipped_experiments_load():
+    from rlcore.compare import check_configs, load_spec
+
     for path in sorted(Path("experiments").glob("*.yaml")):
-        load_config(path)
+        if path.name.startswith("compare_"):  # comparison specs: every run's config must load
+            spec = load_spec(path)
+            check_configs(spec, spec.runs)
+        else:
+            load_config(path)
 
 
 def test_cli_reports_config_error_and_exits_2(tmp_path):
@@ -90,3 +96,18 @@ def test_cli_reports_config_error_and_exits_2(tmp_path):
     )
     assert proc.returncode == 2
     assert f"{path}:6" in proc.stderr and "rollout.bogus" in proc.stderr
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["allocation.name=gvmm"], "allocation.name: unknown allocator 'gvmm'"),
+    (["allocation.name=gvm", "allocation.min_samples=2"], "allocation.min_samples: must be >= presample_n"),
+    (["allocation.name=gvm", "allocation.max_samples=3"], "allocation.min_samples: need 0 <= min_samples"),
+    (["allocation.name=difficulty", "rollout.n_samples=64"], "allocation.max_samples: the per-prompt budget"),
+    (["algorithm.nft_weight_mode=3"], "algorithm.nft_weight_mode: expected one of 0, 1, 2"),
+    (["algorithm.kl_mode=penalty"], "algorithm.kl_mode: expected one of 'loss', 'reward'"),
+    (["critic.lr=0"], "critic.lr: must be > 0"),
+    (["trainer.max_samples=-1"], "trainer.max_samples: must be >= 0"),
+])
+def test_algorithm_allocation_and_critic_sections_are_validated(tmp_path, overrides, key):
+    with pytest.raises(ConfigError, match=key.replace("(", r"\(")):
+        load_config(write(tmp_path, GOOD), overrides)

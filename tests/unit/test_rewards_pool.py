@@ -42,6 +42,14 @@ def behaving_reward(prompt, completion, ground_truth, metadata):
     return {"score": float(completion), "correct": completion == ground_truth, "pid": os.getpid()}
 
 
+def batched_behaving(prompts, completions, ground_truths, metadatas):
+    """Batched twin of behaving_reward: one misbehaving item spoils the whole call."""
+    return [behaving_reward(*args) for args in zip(prompts, completions, ground_truths, metadatas)]
+
+
+batched_behaving.batched = True
+
+
 def ok(i: int, sleep: float = 0.0) -> RewardInput:
     return RewardInput(prompt="p", completion=str(i), ground_truth="0", metadata={"sleep": sleep})
 
@@ -59,6 +67,7 @@ def assert_ok(result: RewardResult, i: int) -> None:
 @pytest.fixture(scope="module")
 def pool():
     with RewardPool(behaving_reward, num_workers=2, timeout_s=TIMEOUT_S) as p:
+        assert p.wait_ready(60.0)  # so that both workers take part in the first test, even on a loaded machine
         yield p
 
 
@@ -85,9 +94,12 @@ def test_exception_is_a_failure_and_worker_survives(pool):
 
 
 def test_hang_times_out_and_batch_continues(pool):
+    pool.pop_metrics()
     start = time.monotonic()
     results = pool.score([bad("hang")] + [ok(i) for i in range(1, 5)])
     elapsed = time.monotonic() - start
+    # Chunks [hang, 1, 2] and [3], [4]: the items after the hang in its chunk are re-sent, not failed.
+    assert pool.pop_metrics()["reward/retried"] == 2
     assert results[0].failed and results[0].reason == f"timeout after {TIMEOUT_S}s"
     for i in range(1, 5):
         assert_ok(results[i], i)
@@ -131,10 +143,43 @@ def test_mixed_batch_every_item_gets_one_result_and_metrics(pool):
     assert metrics["reward/num_failed"] == 5
     assert metrics["reward/num_timeouts"] == 1
     assert metrics["reward/workers_replaced"] == 3  # hang, kill, exit
+    assert [metrics[f"reward/failed_{k}"] for k in ("exception", "timeout", "crash", "bad_return", "other")] == [1, 1, 2, 1, 0]
     assert metrics["reward/score_time_s"] > 0
     assert metrics["reward/throughput_per_s"] == pytest.approx(10 / metrics["reward/score_time_s"])
     assert pool.pop_metrics()["reward/num_scored"] == 0  # reset by pop
     assert pool.stats["reward/num_scored"] >= 10  # cumulative
+
+
+def test_items_go_out_in_chunks(pool):
+    pool.pop_metrics()
+    results = pool.score([ok(i) for i in range(40)])
+    assert [r.score for r in results] == [float(i) for i in range(40)]
+    assert pool.pop_metrics()["reward/round_trips"] <= 8  # not one round trip per item
+
+
+@pytest.fixture(scope="module")
+def batched_pool():
+    with RewardPool(batched_behaving, num_workers=2, timeout_s=TIMEOUT_S, batch_size=3) as p:
+        assert p.wait_ready(60.0)
+        yield p
+
+
+@pytest.mark.parametrize("mode, reason, kind, replaced", [
+    ("raise", "exception: ValueError: boom", "exception", 0),  # the worker retries the chunk item by item
+    ("nan", "non-finite score: nan", "bad_return", 0),
+    ("hang", f"timeout after {TIMEOUT_S}s", "timeout", 2),  # the chunk times out, then the item alone
+    ("kill", "worker died (exit code -9)", "crash", 2),
+])
+def test_batched_failure_costs_only_that_item(batched_pool, mode, reason, kind, replaced):
+    batched_pool.pop_metrics()
+    results = batched_pool.score([ok(1), ok(2), bad(mode), ok(3), ok(4), ok(5)])
+    assert results[2].failed and results[2].reason == reason and results[2].score == 0.0
+    for i, r in zip(range(1, 6), results[:2] + results[3:]):
+        assert_ok(r, i)
+    metrics = batched_pool.pop_metrics()
+    assert metrics["reward/num_failed"] == 1 and metrics[f"reward/failed_{kind}"] == 1
+    assert metrics["reward/workers_replaced"] == replaced
+    assert metrics["reward/retried"] == (3 if replaced else 0)  # the suspect chunk, one item at a time
 
 
 def test_submit_does_not_block_the_caller(pool):

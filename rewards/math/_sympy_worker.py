@@ -1,0 +1,146 @@
+"""Child side of ``SympyPool``: builds sympy objects from our tuple ASTs and runs the checks
+the in-process comparer could not decide. Framed pickles over stdin/stdout.
+
+Ops: ("equal", (pred_node, gold_node, policy)) -> bool; ("sleep", seconds) -> True (tests use
+it to exercise the timeout path).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import sys
+import threading
+import time
+
+_HEADER = struct.Struct("<I")
+
+
+def to_sympy(node):
+    """Our AST -> sympy expression (no string parsing anywhere)."""
+    import sympy as sp
+
+    tag = node[0]
+    if tag == "num":
+        return sp.Rational(node[1].numerator, node[1].denominator)
+    if tag == "const":
+        return {"pi": sp.pi, "e": sp.E, "i": sp.I, "inf": sp.oo}[node[1]]
+    if tag == "sym":
+        return sp.Symbol(node[1])
+    if tag == "neg":
+        return -to_sympy(node[1])
+    if tag == "add":
+        return sp.Add(*[to_sympy(t) for t in node[1]])
+    if tag == "mul":
+        return sp.Mul(*[to_sympy(f) for f in node[1]])
+    if tag == "div":
+        return to_sympy(node[1]) / to_sympy(node[2])
+    if tag == "pow":
+        return sp.Pow(to_sympy(node[1]), to_sympy(node[2]))
+    if tag == "root":
+        return sp.root(to_sympy(node[1]), to_sympy(node[2]))
+    if tag == "fact":
+        return sp.factorial(to_sympy(node[1]))
+    if tag == "binom":
+        return sp.binomial(to_sympy(node[1]), to_sympy(node[2]))
+    if tag == "log":
+        arg = to_sympy(node[1])
+        return sp.log(arg) if node[2] is None else sp.log(arg, to_sympy(node[2]))
+    if tag == "call":
+        return sp.Function(node[1])(to_sympy(node[2]))
+    if tag == "func":
+        fn = {
+            "sin": sp.sin, "cos": sp.cos, "tan": sp.tan, "sec": sp.sec, "csc": sp.csc, "cot": sp.cot,
+            "arcsin": sp.asin, "arccos": sp.acos, "arctan": sp.atan, "sinh": sp.sinh, "cosh": sp.cosh,
+            "tanh": sp.tanh, "exp": sp.exp, "abs": sp.Abs, "floor": sp.floor, "ceil": sp.ceiling,
+        }[node[1]]
+        return fn(to_sympy(node[2]))
+    raise ValueError(f"no sympy form for {tag}")
+
+
+def _fallback(kind, *args):
+    """Decide what the in-process comparer could not (scalar identity, relations, solution sets)."""
+    import sympy as sp
+
+    try:
+        if kind == "scalar":
+            a, b = to_sympy(args[0]), to_sympy(args[1])
+            diff = sp.simplify(a - b)
+            if diff == 0:
+                return True
+            eq = a.equals(b)
+            return bool(eq) if eq is not None else False
+        if kind == "rel":
+            f, g, op = to_sympy(args[0]), to_sympy(args[1]), args[2]
+            ratio = sp.simplify(f / g)
+            if ratio.free_symbols or ratio == 0:
+                return False
+            return bool(ratio > 0) if op in (">", ">=") else True
+        if kind == "eqset":
+            f, g, var = to_sympy(args[0]), to_sympy(args[1]), sp.Symbol(args[2])
+            return sp.solveset(f, var, sp.S.Reals) == sp.solveset(g, var, sp.S.Reals)
+    except Exception:
+        return False
+    return False
+
+
+def _handle(op, payload):
+    if op == "sleep":
+        time.sleep(float(payload))
+        return True
+    if op == "equal":
+        from rewards.math.compare import Comparer
+
+        pred, gold, policy = payload
+        result = Comparer(policy, fallback=_fallback).equal(pred, gold)
+        return bool(result)
+    raise ValueError(f"unknown op {op!r}")
+
+
+def _read_exact(stream, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = stream.read(n - len(buf))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return buf
+
+
+def _send(stream, obj) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(data)) + data)
+    stream.flush()
+
+
+def _watch_parent(parent: int) -> None:
+    while True:
+        if os.getppid() != parent:
+            os._exit(0)
+        time.sleep(0.5)
+
+
+def main() -> None:
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    import sympy  # noqa: F401  (pay the import before reporting ready)
+
+    import rewards.math.compare  # noqa: F401
+
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    _send(stdout, ("ready",))
+    while True:
+        try:
+            (size,) = _HEADER.unpack(_read_exact(stdin, _HEADER.size))
+            op, payload = pickle.loads(_read_exact(stdin, size))
+        except (EOFError, OSError):
+            return
+        try:
+            reply = ("ok", _handle(op, payload))
+        except Exception as exc:
+            reply = ("error", f"{type(exc).__name__}: {exc}")
+        _send(stdout, reply)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""The interpreter behind tool-integrated rollouts: a warm sandbox pool plus the rollout loop.
+
+Kept apart from the trainer so a run without tools never imports or starts a sandbox.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from rlcore.config import ToolsConfig
+from rollout.tool_rollout import ToolConfig, ToolRollout, all_calls_failed_penalty
+
+
+class ToolRunner:
+    def __init__(self, cfg: ToolsConfig, generate, tokenizer):
+        from tools_sandbox import Limits, SandboxPool
+
+        self.cfg = cfg
+        # Fails at start, naming what is missing, if bubblewrap / namespaces are unavailable.
+        self.sandbox = SandboxPool(max_workers=cfg.sandbox_workers, limits=Limits(memory_mb=cfg.sandbox_memory_mb))
+        tool_cfg = ToolConfig(
+            enabled=True, max_tool_calls=cfg.max_tool_calls, timeout_s=cfg.timeout_s,
+            max_output_chars=cfg.max_output_chars, output_template=cfg.output_template,
+            no_more_code_message=cfg.no_more_code_message, prompt_hint=cfg.prompt_hint,
+            answer_hint=cfg.answer_hint, max_total_new_tokens=cfg.max_total_new_tokens,
+            parallel_calls=cfg.sandbox_workers,
+        )
+        self.rollout = ToolRollout(generate, tokenizer, self.sandbox.session, tool_cfg,
+                                   eos_token_ids=[tokenizer.eos_token_id])
+
+    def generate(self, requests, sampling):
+        return self.rollout.generate(requests, sampling)
+
+    def apply_penalty(self, completions, results) -> None:
+        """CoRT's penalty for trajectories whose every code call failed, added to the reward."""
+        if not self.cfg.all_failed_penalty:
+            return
+        for k, (c, r) in enumerate(zip(completions, results)):
+            extra = all_calls_failed_penalty(c, self.cfg.all_failed_penalty)
+            if extra:
+                results[k] = replace(r, score=float(r.score) + extra)
+
+    def close(self) -> None:
+        self.sandbox.close()
