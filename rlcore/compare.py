@@ -284,8 +284,19 @@ def _launch(spec: CompareSpec, rid: str, overrides: list[str], skip_done: bool, 
     except Exception as e:  # noqa: BLE001 - one broken config must not stop the comparison
         traceback.print_exc(file=sys.stderr)
         statuses[rid] = {"status": "failed", "error": error_reason(e)}
+    finally:
+        _release_ray()
     _write_statuses(spec, statuses)
     return statuses[rid]["status"] == "ok"
+
+
+def _release_ray() -> None:
+    """Each run sizes its local Ray cluster (a PPO critic needs more CPUs than GRPO): start anew."""
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
 
 
 def error_reason(e: BaseException) -> str:
