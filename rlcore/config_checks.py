@@ -1,0 +1,132 @@
+"""Cross-field checks of a run config: what the types in rlcore/config.py cannot express.
+
+Every failure names the key, so a bad config fails before any worker starts.
+"""
+from __future__ import annotations
+
+from rlcore.config import ConfigError, ExperimentConfig, RewardConfig
+
+
+def check(cfg: ExperimentConfig, source: str) -> None:
+    """Cross-field checks that types alone cannot express."""
+
+    def fail(key: str, msg: str) -> None:
+        raise ConfigError(f"{source}: {key}: {msg}")
+
+    if not cfg.model.path:
+        fail("model.path", "required (a Hugging Face model directory, or set model.build_tiny)")
+    if cfg.data.task == "file" and not cfg.data.train_path:
+        fail("data.train_path", "required when data.task is 'file'")
+    positive = {
+        "rollout.num_workers": cfg.rollout.num_workers,
+        "rollout.prompts_per_step": cfg.rollout.prompts_per_step,
+        "rollout.n_samples": cfg.rollout.n_samples,
+        "rollout.max_new_tokens": cfg.rollout.max_new_tokens,
+        "learner.num_ranks": cfg.learner.num_ranks,
+        "learner.micro_batch_size": cfg.learner.micro_batch_size,
+        "learner.mini_batches": cfg.learner.mini_batches,
+        "learner.epochs": cfg.learner.epochs,
+        "reward.num_workers": cfg.reward.num_workers,
+        "eval.num_prompts": cfg.eval.num_prompts,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            fail(key, f"must be > 0, got {value}")
+    for key in ("trainer.total_steps", "sft.steps", "trainer.checkpoint_every", "eval.every"):
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) < 0:
+            fail(key, "must be >= 0")
+    if cfg.trainer.keep_last < 1:
+        fail("trainer.keep_last", "must be >= 1")
+    if cfg.rollout.temperature < 0:
+        fail("rollout.temperature", "must be >= 0")
+    if cfg.learner.lr <= 0:
+        fail("learner.lr", "must be > 0")
+    if len(cfg.learner.betas) != 2:
+        fail("learner.betas", "must be a list of two floats")
+    batch = cfg.rollout.prompts_per_step * cfg.rollout.n_samples
+    if batch % (cfg.learner.num_ranks * cfg.learner.mini_batches) != 0:
+        fail(
+            "learner.mini_batches",
+            f"batch of {batch} samples does not split evenly into {cfg.learner.num_ranks} ranks x "
+            f"{cfg.learner.mini_batches} mini-batches",
+        )
+    if cfg.resume and cfg.resume != "latest" and not cfg.resume.startswith("step_"):
+        fail("resume", f"expected '', 'latest' or 'step_N', got {cfg.resume!r}")
+    from algorithms import registry as algo_registry
+
+    try:
+        algo_registry.get_algorithm(cfg.algorithm.name)
+    except KeyError as e:
+        fail("algorithm.name", str(e).strip("'\""))
+    _validate_rl_sections(cfg, fail)
+    _validate_reward(cfg, fail)
+
+
+def _validate_rl_sections(cfg: ExperimentConfig, fail) -> None:
+    from algorithms.allocators import list_allocators
+
+    ac, algo = cfg.allocation, cfg.algorithm
+    if ac.name not in list_allocators():
+        fail("allocation.name", f"unknown allocator {ac.name!r}; available: {', '.join(list_allocators())}")
+    if not 0 <= ac.min_samples <= ac.max_samples:
+        fail("allocation.min_samples", f"need 0 <= min_samples <= max_samples, got {ac.min_samples}, {ac.max_samples}")
+    if ac.name in ("gvm", "difficulty"):
+        n = cfg.rollout.n_samples
+        if not ac.min_samples <= n <= ac.max_samples:
+            fail("allocation.max_samples", f"the per-prompt budget rollout.n_samples={n} must lie within "
+                 f"[min_samples, max_samples] = [{ac.min_samples}, {ac.max_samples}]")
+        if ac.presample_n < 1:
+            fail("allocation.presample_n", "must be >= 1 for gvm/difficulty")
+        if ac.reuse_presamples and ac.min_samples < ac.presample_n:
+            fail("allocation.min_samples", f"must be >= presample_n ({ac.presample_n}) when reuse_presamples "
+                 "is true: pre-sampled prompts already hold that many samples")
+    if ac.max_rounds < 1:
+        fail("allocation.max_rounds", "must be >= 1")
+    if not 0 < ac.stats_decay <= 1:
+        fail("allocation.stats_decay", "must be in (0, 1]")
+    if cfg.trainer.max_samples < 0:
+        fail("trainer.max_samples", "must be >= 0")
+    if not 0 <= algo.gamma <= 1 or not 0 <= algo.lam <= 1:
+        fail("algorithm.gamma", "gamma and lam must be in [0, 1]")
+    if not 0 < algo.nft_r_clamp < 0.5:
+        fail("algorithm.nft_r_clamp", "must be in (0, 0.5)")
+    if algo.nft_eps_neg <= 0:
+        fail("algorithm.nft_eps_neg", "must be > 0")
+    if cfg.critic.num_ranks < 1 or cfg.critic.micro_batch_size < 1:
+        fail("critic.num_ranks", "critic.num_ranks and critic.micro_batch_size must be >= 1")
+    if cfg.critic.lr <= 0:
+        fail("critic.lr", "must be > 0")
+    if cfg.tools.enabled:
+        if cfg.tools.max_tool_calls < 0 or cfg.tools.timeout_s <= 0:
+            fail("tools.max_tool_calls", "need max_tool_calls >= 0 and timeout_s > 0")
+        if "{output}" not in cfg.tools.output_template:
+            fail("tools.output_template", "must contain '{output}'")
+
+
+def _validate_reward(cfg: ExperimentConfig, fail) -> None:
+    import math
+
+    rc = cfg.reward
+    if rc.batch_size < 1:
+        fail("reward.batch_size", "must be >= 1")
+    if not rc.timeout_s > 0:
+        fail("reward.timeout_s", "must be > 0")
+    if not math.isfinite(rc.failure_score):
+        fail("reward.failure_score", "must be finite")
+    if rc.components and rc.fn != RewardConfig.fn:
+        fail("reward.fn", "set either reward.fn or reward.components (list fn as the first component)")
+    for i, c in enumerate(rc.components):
+        if not c.fn.strip():
+            fail(f"reward.components[{i}].fn", "required")
+        if not math.isfinite(c.weight):
+            fail(f"reward.components[{i}].weight", "must be finite")
+    if rc.overlong is not None:
+        if rc.overlong.max_tokens < 0:
+            fail("reward.overlong.max_tokens", "must be >= 0 (0 = rollout.max_new_tokens)")
+        limit = rc.overlong.max_tokens or cfg.rollout.max_new_tokens
+        if not 0 < rc.overlong.cache_tokens <= limit:
+            fail("reward.overlong.cache_tokens", f"need 0 < cache_tokens <= max_tokens ({limit}), "
+                 f"got {rc.overlong.cache_tokens}")
+    if rc.length_penalty is not None and (rc.length_penalty.coef < 0 or rc.length_penalty.target_tokens < 0):
+        fail("reward.length_penalty", "coef and target_tokens must be >= 0")
