@@ -103,11 +103,11 @@ class Trainer:
         topology.connect(self.cfg)
         # Both groups load their model concurrently; actor creation does not block.
         rollout_workers = topology.create_rollout_group(self.cfg)
+        self.rollout = RolloutGroup(rollout_workers)  # assigned first: _close must release it
         self.learners = LearnerGroup(*topology.create_learner_group(self.cfg))
         if self.spec.needs_critic:
             self.critic = LearnerGroup(*topology.create_learner_group(self.cfg, role="critic"))
         self.tools = ToolRunner(self.cfg.tools, self.rollout.generate, self.tokenizer) if self.cfg.tools.enabled else None
-        self.rollout = RolloutGroup(rollout_workers)
         self.pool = RewardPool(
             self.reward, num_workers=self.cfg.reward.num_workers,
             timeout_s=self.cfg.reward.timeout_s, failure_score=self.cfg.reward.failure_score,
