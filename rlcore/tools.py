@@ -17,6 +17,10 @@ class ToolRunner:
         self.cfg = cfg
         # Fails at start, naming what is missing, if bubblewrap / namespaces are unavailable.
         self.sandbox = SandboxPool(max_workers=cfg.sandbox_workers, limits=Limits(memory_mb=cfg.sandbox_memory_mb))
+        probe = self.sandbox.run("print(6 * 7)", timeout_s=30.0)
+        if probe.status != "ok" or probe.stdout.strip() != "42":
+            self.sandbox.close()
+            raise RuntimeError(f"the code sandbox does not work here: {probe}")
         tool_cfg = ToolConfig(
             enabled=True, max_tool_calls=cfg.max_tool_calls, timeout_s=cfg.timeout_s,
             max_output_chars=cfg.max_output_chars, output_template=cfg.output_template,
@@ -24,7 +28,7 @@ class ToolRunner:
             answer_hint=cfg.answer_hint, max_total_new_tokens=cfg.max_total_new_tokens,
             parallel_calls=cfg.sandbox_workers,
         )
-        self.rollout = ToolRollout(generate, tokenizer, self.sandbox.session, tool_cfg,
+        self.rollout = ToolRollout(generate, tokenizer, self.sandbox.new_session, tool_cfg,
                                    eos_token_ids=[tokenizer.eos_token_id])
 
     def generate(self, requests, sampling):

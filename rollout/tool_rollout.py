@@ -297,8 +297,11 @@ class ToolRollout:
             t.time_s += float(duration) if duration is not None else wall
             text = output_block(cfg.output_template,
                                 render_result(result, cfg.max_output_chars, cfg.timeout_s), t.segment)
-            if t.calls >= cfg.max_tool_calls:
-                text += cfg.no_more_code_message
+            if t.calls >= cfg.max_tool_calls and cfg.no_more_code_message:
+                # The notice is a courtesy: when budget is short the output itself matters more.
+                with_notice = text + cfg.no_more_code_message
+                if len(t.ids) + len(self.encode(with_notice)) <= budget:
+                    text = with_notice
             self._insert(t, text, budget, new_segment=True)
 
     @staticmethod

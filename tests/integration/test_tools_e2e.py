@@ -20,7 +20,8 @@ def test_tool_rollouts_train_and_log_tool_metrics(ray_cluster, make_config):
               "arith_max_operands": 2},
         sft={"steps": 40, "batch_size": 32, "lr": 3e-3},
         rollout={"engine": "vllm", "prompts_per_step": 4, "n_samples": 4, "max_new_tokens": 64},
-        tools={"enabled": True, "max_tool_calls": 1, "sandbox_workers": 2, "all_failed_penalty": -0.1},
+        tools={"enabled": True, "max_tool_calls": 1, "sandbox_workers": 2, "all_failed_penalty": -0.1,
+               "no_more_code_message": ""},
         eval={"every": 2, "num_prompts": 8},
     )
     summary = Trainer(cfg).run()
