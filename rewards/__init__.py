@@ -22,3 +22,4 @@ __all__ = [
 
 # Custom rewards: composition from the config (not in __all__, which test_rewards pins).
 from rewards.compose import ComposedReward, reward_from_config  # also registers format_boxed, format_regex
+from rewards import code as _builtin_code  # noqa: E402,F401  (registers "code_tests"; sandbox starts lazily)
