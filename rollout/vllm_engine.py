@@ -33,6 +33,16 @@ class VLLMEngine(Engine):
         # Rotary caches are not weights; vLLM warns on every in-place reload that it kept them.
         logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
 
+        kwargs = dict(extra or {})
+        import torch
+
+        if not torch.cuda.is_available():
+            # vLLM's CPU build crashes ("CPU Generator does not use offset") when a seeded
+            # request's prefill is split across scheduler steps, which happens with long
+            # multi-round (tool) prompts; keep every prefill whole.
+            kwargs.setdefault("enable_chunked_prefill", False)
+            if max_model_len:  # otherwise vLLM sizes the budget to the model's context
+                kwargs.setdefault("max_num_batched_tokens", max(16384, max_model_len))
         self.llm = LLM(
             model=model_path,
             dtype=dtype,
@@ -44,7 +54,7 @@ class VLLMEngine(Engine):
             # Log-probs of the distribution actually sampled from (after temperature), which is
             # what the learner's importance ratio must be taken against.
             logprobs_mode="processed_logprobs",
-            **(extra or {}),
+            **kwargs,
         )
         self.tokenizer = self.llm.get_tokenizer()
         self._expected, self._tied = _expected_shapes(model_path)
