@@ -30,9 +30,7 @@ import torch
 from torch import Tensor
 
 from .advantages import _group_stats
-from .aggregation import aggregate
-from .kl import kl_estimate
-from .policy_loss import PolicyLossInput, PolicyLossOutput, _masked_mean, _validate
+from .policy_loss import PolicyLossInput, PolicyLossOutput, _masked_mean, _validate, kl_and_aggregate
 from .registry import AlgorithmSpec, register_advantage, register_algorithm, register_policy_loss
 
 NFT_WEIGHT_MODES = (0, 1, 2)
@@ -147,19 +145,7 @@ def nft_policy_loss(inp: PolicyLossInput) -> PolicyLossOutput:
     nft = torch.where(pos, -log_ratio, -torch.log(x_clip)) * ex["nft_weight"]
 
     per_token = nft
-    kl = None
-    if inp.kl_coef > 0:
-        kl = kl_estimate(inp.logp, inp.ref_logp, inp.kl_estimator)
-        per_token = per_token + inp.kl_coef * kl
-
-    loss = aggregate(
-        per_token,
-        mask,
-        inp.agg_mode,
-        token_normalizer=inp.token_normalizer,
-        seq_normalizer=inp.seq_normalizer,
-        max_tokens=inp.max_tokens,
-    )
+    loss, kl = kl_and_aggregate(per_token, mask, inp)
 
     with torch.no_grad():
         negf = neg.to(dtype)

@@ -94,6 +94,25 @@ def _validate(inp: PolicyLossInput) -> None:
         raise ValueError("kl_coef > 0 requires ref_logp")
 
 
+def kl_and_aggregate(per_token: Tensor, mask: Tensor, inp: PolicyLossInput):
+    """Add ``kl_coef * KL(pi || ref)`` per token (when asked) and reduce with the input's
+    aggregation mode and global normalisers; returns ``(loss, kl or None)``. Shared by every
+    policy loss so they all aggregate identically."""
+    kl = None
+    if inp.kl_coef > 0:
+        kl = kl_estimate(inp.logp, inp.ref_logp, inp.kl_estimator)
+        per_token = per_token + inp.kl_coef * kl
+    loss = aggregate(
+        per_token,
+        mask,
+        inp.agg_mode,
+        token_normalizer=inp.token_normalizer,
+        seq_normalizer=inp.seq_normalizer,
+        max_tokens=inp.max_tokens,
+    )
+    return loss, kl
+
+
 @register_policy_loss("clipped")
 def clipped_policy_loss(inp: PolicyLossInput) -> PolicyLossOutput:
     """PPO-clip loss (+ dual clip, + ``kl_coef * KL(pi || ref)``), aggregated.
@@ -133,19 +152,7 @@ def clipped_policy_loss(inp: PolicyLossInput) -> PolicyLossOutput:
         pg = torch.where(neg, torch.minimum(pg, cap), pg)
 
     per_token = pg
-    kl = None
-    if inp.kl_coef > 0:
-        kl = kl_estimate(inp.logp, inp.ref_logp, inp.kl_estimator)
-        per_token = per_token + inp.kl_coef * kl
-
-    loss = aggregate(
-        per_token,
-        mask,
-        inp.agg_mode,
-        token_normalizer=inp.token_normalizer,
-        seq_normalizer=inp.seq_normalizer,
-        max_tokens=inp.max_tokens,
-    )
+    loss, kl = kl_and_aggregate(per_token, mask, inp)
 
     with torch.no_grad():
         names = ["pg_loss", "clipfrac", "approx_kl", "ratio_mean", "ratio_max"]

@@ -21,10 +21,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from .aggregation import aggregate
-from .kl import kl_estimate
 from .nft import positive_mask
-from .policy_loss import PolicyLossInput, PolicyLossOutput, _masked_mean, _validate
+from .policy_loss import PolicyLossInput, PolicyLossOutput, _masked_mean, _validate, kl_and_aggregate
 from .registry import AlgorithmSpec, register_advantage, register_algorithm, register_policy_loss
 
 
@@ -77,19 +75,7 @@ def nll_policy_loss(inp: PolicyLossInput) -> PolicyLossOutput:
     pg = torch.where(mask > 0, -adv * inp.logp, torch.zeros_like(adv))
 
     per_token = pg
-    kl = None
-    if inp.kl_coef > 0:
-        kl = kl_estimate(inp.logp, inp.ref_logp, inp.kl_estimator)
-        per_token = per_token + inp.kl_coef * kl
-
-    loss = aggregate(
-        per_token,
-        mask,
-        inp.agg_mode,
-        token_normalizer=inp.token_normalizer,
-        seq_normalizer=inp.seq_normalizer,
-        max_tokens=inp.max_tokens,
-    )
+    loss, kl = kl_and_aggregate(per_token, mask, inp)
 
     with torch.no_grad():
         names = ["nll", "pg_loss"]
