@@ -4,7 +4,7 @@ Kept apart from the trainer so a run without tools never imports or starts a san
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 
 from rlcore.config import ToolsConfig
 from rollout.tool_rollout import ToolConfig, ToolRollout, all_calls_failed_penalty
@@ -21,13 +21,9 @@ class ToolRunner:
         if probe.status != "ok" or probe.stdout.strip() != "42":
             self.sandbox.close()
             raise RuntimeError(f"the code sandbox does not work here: {probe}")
-        tool_cfg = ToolConfig(
-            enabled=True, max_tool_calls=cfg.max_tool_calls, timeout_s=cfg.timeout_s,
-            max_output_chars=cfg.max_output_chars, output_template=cfg.output_template,
-            no_more_code_message=cfg.no_more_code_message, prompt_hint=cfg.prompt_hint,
-            answer_hint=cfg.answer_hint, max_total_new_tokens=cfg.max_total_new_tokens,
-            parallel_calls=cfg.sandbox_workers,
-        )
+        # The run config mirrors ToolConfig's user-facing fields; copy whichever it has.
+        shared = {f.name: getattr(cfg, f.name) for f in fields(ToolConfig) if hasattr(cfg, f.name)}
+        tool_cfg = ToolConfig(**{**shared, "enabled": True, "parallel_calls": cfg.sandbox_workers})
         self.rollout = ToolRollout(generate, tokenizer, self.sandbox.new_session, tool_cfg,
                                    eos_token_ids=[tokenizer.eos_token_id])
 
