@@ -29,7 +29,10 @@ class LearnerWorker:
         if lcfg["num_threads"] > 0:
             torch.set_num_threads(lcfg["num_threads"])
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
-        dist.init_process_group(backend, rank=rank, world_size=world_size)
+        # Binding the rank to its GPU lets NCCL set up communicators eagerly and keeps
+        # barrier() from guessing the device.
+        bind = {"device_id": self.device} if on_gpu else {}
+        dist.init_process_group(backend, rank=rank, world_size=world_size, **bind)
         torch.manual_seed(cfg["seed"])
 
         mcfg = cfg["model"]
