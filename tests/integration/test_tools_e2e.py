@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from rlcore.trainer import Trainer
+from rlcore.trainer import Trainer, logprob_mismatch_threshold
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")]
@@ -32,6 +32,6 @@ def test_tool_rollouts_train_and_log_tool_metrics(ray_cluster, make_config):
     for r in steps:
         assert 0.0 <= r["tool/used_frac"] <= 1.0 and r["tool/error_rate"] >= 0.0
         # Interpreter output never counts as policy tokens: the engine/learner check still holds.
-        assert r["sync/logprob_diff_max"] < cfg.trainer.logprob_mismatch_threshold
+        assert r["sync/logprob_diff_max"] < logprob_mismatch_threshold(cfg)
         if r["tool/calls_mean"] > 0:
             assert r["tool/inserted_token_frac"] > 0.0

@@ -111,3 +111,17 @@ def test_cli_reports_config_error_and_exits_2(tmp_path):
 def test_algorithm_allocation_and_critic_sections_are_validated(tmp_path, overrides, key):
     with pytest.raises(ConfigError, match=key.replace("(", r"\(")):
         load_config(write(tmp_path, GOOD), overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [([], 0.05), (["model.dtype=bfloat16"], 1.0), (["model.dtype=float16"], 1.0),
+     (["model.dtype=bfloat16", "trainer.logprob_mismatch_threshold=0.3"], 0.3)],
+)
+def test_logprob_mismatch_threshold_follows_the_model_dtype(tmp_path, overrides, expected):
+    # bf16 rounding alone moves log-probs by ~0.1 (measured on an H100), so the fp32 default
+    # would stop every 16-bit run at its first weight sync.
+    from rlcore.trainer import logprob_mismatch_threshold
+
+    cfg = load_config(write(tmp_path, GOOD), overrides)
+    assert logprob_mismatch_threshold(cfg) == expected
