@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import time
 
-from tools_sandbox import isolation as _iso
 from tools_sandbox import sandbox as _sandbox
 
 
@@ -23,8 +22,12 @@ def marker_pids(marker: str) -> list[int]:
 
 
 def stray_sandbox_pids() -> list[int]:
-    """Host processes running as a sandbox uid that no live sandbox of ours owns."""
-    live = {sb.uid for sb in list(_sandbox._live) if sb.uid is not None}
+    """Host processes running as a uid one of our sandboxes had, now that it is closed.
+
+    Only this process's uids count: a training run's sandboxes beside the tests are not strays,
+    while our own escapees are, wherever they were re-parented.
+    """
+    closed = set(_sandbox._issued_uids) - {sb.uid for sb in list(_sandbox._live) if sb.uid is not None}
     out = []
     for p in os.listdir("/proc"):
         if p.isdigit():
@@ -32,13 +35,14 @@ def stray_sandbox_pids() -> list[int]:
                 uid = os.stat(f"/proc/{p}").st_uid
             except OSError:
                 continue
-            if _iso.UID_BASE <= uid < _iso.UID_BASE + _iso.UID_SPAN and uid not in live:
+            if uid in closed:
                 out.append(int(p))
     return out
 
 
-def leftovers(marker: str | None = None, timeout_s: float = 3.0) -> list[int]:
-    """Killing is immediate and reaping asynchronous: poll up to ``timeout_s`` for none."""
+def leftovers(marker: str | None = None, timeout_s: float = 10.0) -> list[int]:
+    """Killing is immediate and reaping asynchronous (slow on a loaded host): poll up to
+    ``timeout_s`` for none; a clean host answers at once."""
     deadline = time.monotonic() + timeout_s
     while True:
         left = (marker_pids(marker) if marker else []) + stray_sandbox_pids()

@@ -111,6 +111,7 @@ def _reaper_queue() -> "_Reaper":
             _reaper = _Reaper()
         return _reaper
 _live: "weakref.WeakSet[Sandbox]" = weakref.WeakSet()
+_issued_uids: set[int] = set()  # every uid this process gave a sandbox: what leak checks look for
 
 
 def _at_exit():
@@ -164,6 +165,8 @@ class Sandbox:
         dirs = self._cg.dirs if self._cg else {}
         privileged = iso.mode == "bwrap" and iso.privileged
         self.uid = iso_mod.random_uid() if privileged else None
+        if self.uid is not None:
+            _issued_uids.add(self.uid)
         cfg = {"uid": self.uid, "gid": self.uid, "max_output": lim.max_output_bytes,
                "rlimits": lim.rlimits("memory" in dirs, "pids" in dirs, iso.mode == "bwrap")}
         env, cwd, payloads = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, None, {}
