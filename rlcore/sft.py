@@ -8,13 +8,16 @@ from __future__ import annotations
 import math
 import re
 import time
+from typing import TYPE_CHECKING
 
 from rlcore.batch import build_batch
 from rlcore.config import ExperimentConfig
 from rlcore.data.source import PromptSource
-from rlcore.groups import LearnerGroup
 from rlcore.data.arith import sft_completion
 from rlcore.prompts import PromptRenderer
+
+if TYPE_CHECKING:  # Ray-free import: GPU checks and probes use sft_target without Ray
+    from rlcore.groups import LearnerGroup
 
 # Interpreter output inside a reference trajectory: tokenized on its own and masked out of the
 # loss, exactly as the tool rollout inserts and masks it during RL.
