@@ -1,5 +1,6 @@
 """The learner's CUDA path without Ray or vLLM: NCCL process group, bf16 mixed precision, the
-attention kernel choice, DCP checkpoint round trip, weight gather, and HF generation on the GPU.
+attention kernel choice, DCP checkpoint round trip, weight gather, HF generation and PPO's critic
+on the GPU.
 
 A GPU machine here has torch and transformers but neither Ray nor vLLM, so this drives one
 `LearnerWorker` in-process (world size 1) the way the learner group drives each rank. It also
@@ -26,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rlcore.batch import build_batch  # noqa: E402
 from rlcore.config import load_config  # noqa: E402
+from rlcore.critic import CriticWorker  # noqa: E402
 from rlcore.data.arith import ArithConfig, generate_problems  # noqa: E402
 from rlcore.learner import LearnerWorker  # noqa: E402
 from rlcore.prompts import PromptRenderer  # noqa: E402
@@ -156,6 +158,15 @@ def run_checks(out_dir: Path, dtype: str, sft_steps: int, device_hint: str) -> d
     if learner.device.type == "cuda":
         results["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     learner.shutdown()
+
+    # 6. PPO's critic (its own process group) fits outcome returns under the same dtype.
+    critic = CriticWorker(0, 1, "127.0.0.1", _free_port(), {**cfg, "learner": {**cfg["learner"], "lr": 5e-4}})
+    values = probe | {"old_values": critic.compute_values(probe)}
+    outcome = np.random.default_rng(2).integers(0, 2, len(probe["input_ids"])).astype(np.float32)
+    values["returns"] = outcome[:, None] * probe["loss_mask"]
+    losses = [critic.train_values(values, {"value_clip": None})["critic/vf_loss"] for _ in range(20)]
+    results["critic"] = {"device": str(critic.device), "vf_loss_first": losses[0], "vf_loss_last": losses[-1]}
+    critic.shutdown()
     return results
 
 

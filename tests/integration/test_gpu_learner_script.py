@@ -29,3 +29,4 @@ def test_learner_checks_hold_on_cpu(gpu_learner, tmp_path):
     assert ck["step_after_restore_vs_first_max"] < 1e-5  # ...and repeats after a restore
     assert ck["loss_again"] == pytest.approx(ck["loss_first"], rel=1e-5)
     assert res["rollout_vs_learner_logprob"]["max"] < 1e-4
+    assert res["critic"]["vf_loss_last"] < res["critic"]["vf_loss_first"]
