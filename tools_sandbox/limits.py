@@ -86,6 +86,39 @@ def _writable_dir(path: Path) -> bool:
     return path.is_dir() and os.access(path, os.W_OK)
 
 
+V2_WANTED = ("pids", "memory", "cpu")
+
+
+def v2_host_cgroup(root: Path, own: str) -> Path:
+    """The cgroup v2 directory whose children hold our sandboxes.
+
+    Our own cgroup first. But a cgroup holding processes (ours) may not hand controllers to
+    children (the "no internal processes" rule), so when it does not, take the nearest writable
+    ancestor that does: sandboxes then sit beside our cgroup, still under every limit set above
+    it (a VM or container as root: its processes live in a leaf, the controllers one level up).
+    """
+    def enabled(d: Path) -> set[str]:
+        try:
+            return set((d / "cgroup.subtree_control").read_text().split())
+        except OSError:
+            return set()
+
+    essential = {"pids", "memory"}  # what contains fork bombs and memory blow-ups; cpu is a bonus
+    base = root / own.lstrip("/")
+    best, best_count = base, len(enabled(base) & set(V2_WANTED))
+    for anc in (base, *base.parents):
+        if not (anc == root or root in anc.parents):
+            break
+        have = enabled(anc)
+        if anc != base and not _writable_dir(anc):
+            continue
+        if essential <= have:
+            return anc
+        if len(have & set(V2_WANTED)) > best_count:
+            best, best_count = anc, len(have & set(V2_WANTED))
+    return best
+
+
 class CgroupSetup:
     """Finds where this process can create child cgroups, per controller (probed once)."""
 
@@ -119,14 +152,13 @@ class CgroupSetup:
                     self.problems.append(f"cgroup v1 '{ctrl}' controller not writable")
             self.version = 1 if self.parents else None
             return
-        # v2: our sandboxes go in a child of our own cgroup, with controllers delegated to it.
-        base = v2_root / own.get("", "/").lstrip("/")
+        base = v2_host_cgroup(v2_root, own.get("", "/"))
         parent = base / f"rlcore-sandbox-{os.getpid()}"
         _remove_stale(base)
         try:
             parent.mkdir(exist_ok=True)
             avail = (parent / "cgroup.controllers").read_text().split()
-            wanted = [c for c in ("pids", "memory", "cpu") if c in avail]
+            wanted = [c for c in V2_WANTED if c in avail]
             (parent / "cgroup.subtree_control").write_text(" ".join("+" + c for c in wanted))
             self.parents = {c: parent for c in wanted}
             if "cpu" in wanted:

@@ -193,3 +193,27 @@ def test_unsafe_mode_is_explicit_and_works():
             pool.close()
     with pytest.raises(ValueError):
         Sandbox(isolation="docker")
+
+
+@pytest.mark.parametrize(
+    "tree, expected",
+    [
+        # a VM as root (the H100 loan): our leaf has processes, its parent hands out controllers
+        ({"": "cpu memory pids", "svc": "cpu memory pids", "svc/leaf": ""}, "svc"),
+        # nothing delegated below the root: sandboxes go under the root
+        ({"": "cpu memory pids", "svc": "", "svc/leaf": ""}, ""),
+        # the nearest ancestor wins over the root, so limits set above us still apply
+        ({"": "cpu memory pids", "svc": "memory pids", "svc/leaf": ""}, "svc"),
+        # our own cgroup already delegates (e.g. we run in the root cgroup's place)
+        ({"": "cpu memory pids", "svc": "cpu memory pids", "svc/leaf": "cpu memory pids"}, "svc/leaf"),
+        # nothing anywhere: stay in our own cgroup (the report then names what is missing)
+        ({"": "", "svc": "", "svc/leaf": ""}, "svc/leaf"),
+    ],
+)
+def test_cgroup_v2_host_is_the_nearest_cgroup_that_delegates(tmp_path, tree, expected):
+    from tools_sandbox.limits import v2_host_cgroup
+
+    for rel, enabled in tree.items():
+        (tmp_path / rel).mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel / "cgroup.subtree_control").write_text(enabled + "\n")
+    assert v2_host_cgroup(tmp_path, "/svc/leaf") == (tmp_path / expected if expected else tmp_path)
