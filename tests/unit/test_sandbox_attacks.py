@@ -208,9 +208,11 @@ def test_network_loopback_and_dns(pool):
     ("import subprocess\nsubprocess.run(['/bin/kill', '-9', '-1'])\nprint('unreached')", "killed"),
 ], ids=["kill-parent", "kill-minus-1"])
 def test_killing_the_parent(pool, canary, code, status):
+    parent = os.getppid()  # were it killed, we would be re-parented (to 1 or a subreaper)
     res = pool.run(code)
     assert res.status == status, res
-    assert os.getppid() > 1
+    assert os.getppid() == parent
+    os.kill(parent, 0)  # still there
     contained(pool)
 
 
