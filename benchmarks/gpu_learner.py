@@ -66,8 +66,8 @@ def _max_diff(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
 GRPO_HPARAMS = {"clip_low": 0.2, "clip_high": 0.2, "lr": 1e-4}
 
 
-def run_checks(out_dir: Path, dtype: str, sft_steps: int, device_hint: str) -> dict:
-    work = Path(tempfile.mkdtemp(prefix="gpu_learner_"))
+def run_checks(work: Path, dtype: str, sft_steps: int, device_hint: str) -> dict:
+    """Every check on one tiny model built under `work` (a scratch directory)."""
     model_dir = build_tiny_model(work / "tiny", seed=0)
     gpus = 1 if (device_hint != "cpu" and torch.cuda.is_available()) else 0
     config = load_config(None, [
@@ -170,9 +170,8 @@ def run_checks(out_dir: Path, dtype: str, sft_steps: int, device_hint: str) -> d
     return results
 
 
-def throughput(dtype: str, hidden: int, layers: int, seq_len: int, batch: int, steps: int) -> dict:
+def throughput(work: Path, dtype: str, hidden: int, layers: int, seq_len: int, batch: int, steps: int) -> dict:
     """Train-step tokens/s of a mid-size Qwen2 (random weights) through the same LearnerWorker."""
-    work = Path(tempfile.mkdtemp(prefix="gpu_tput_"))
     model_dir = build_tiny_model(work / "m", hidden_size=hidden, num_layers=layers, num_heads=hidden // 64,
                                  intermediate_size=hidden * 3, max_position_embeddings=2 * seq_len, seed=0)
     gpus = 1 if torch.cuda.is_available() else 0
@@ -213,12 +212,13 @@ def main() -> None:
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    if a.throughput:
-        res = throughput(a.dtype, a.hidden, a.layers, seq_len=1024, batch=16, steps=5)
-        name = f"gpu_throughput_{a.dtype}.json"
-    else:
-        res = run_checks(out, a.dtype, a.sft_steps, a.device)
-        name = f"gpu_learner_{a.dtype}.json"
+    with tempfile.TemporaryDirectory(prefix="gpu_learner_") as tmp:
+        if a.throughput:
+            res = throughput(Path(tmp), a.dtype, a.hidden, a.layers, seq_len=1024, batch=16, steps=5)
+            name = f"gpu_throughput_{a.dtype}.json"
+        else:
+            res = run_checks(Path(tmp), a.dtype, a.sft_steps, a.device)
+            name = f"gpu_learner_{a.dtype}.json"
     print(json.dumps(res, indent=1))
     (out / name).write_text(json.dumps(res, indent=1))
 

@@ -46,10 +46,11 @@ def probe(hidden: int, layers: int, lr: float, steps: int, batch_size: int, out:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(seed)
-    path = build_tiny_model(Path(tempfile.mkdtemp()) / "m", hidden_size=hidden, num_layers=layers,
-                            intermediate_size=3 * hidden, seed=seed)
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = build_tiny_model(Path(tmp) / "m", hidden_size=hidden, num_layers=layers,
+                                intermediate_size=3 * hidden, seed=seed)
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device)
     task = ArithConfig(min_operands=2, max_operands=3, max_operand=999, answer_format="tool")
     renderer = PromptRenderer(tok, DataConfig(task="arith", arith_answer_format="tool"))
     cache: dict[str, tuple[list[int], list[float]]] = {}
