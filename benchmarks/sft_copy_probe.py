@@ -18,16 +18,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rlcore.config import DataConfig  # noqa: E402
+from rlcore.config import DataConfig, SFTConfig  # noqa: E402
 from rlcore.data.arith import ArithConfig, generate_problems  # noqa: E402
 from rlcore.prompts import PromptRenderer  # noqa: E402
-from rlcore.sft import sft_target  # noqa: E402
+from rlcore.sft import sft_lr, sft_target  # noqa: E402
 from rlcore.tiny_model import build_tiny_model  # noqa: E402
 
 
@@ -78,13 +78,11 @@ def probe(hidden: int, layers: int, lr: float, steps: int, batch_size: int, out:
     rng = random.Random(seed)
     t0 = time.perf_counter()
     history = []
-    warmup = 10  # as rlcore.sft.sft_lr: linear warm-up, cosine to 10%
+    schedule = SimpleNamespace(sft=SFTConfig(steps=steps, batch_size=batch_size, lr=lr))  # the trainer's warm-up
     name = f"probe_{hidden}_{layers}_{lr}_{batch_size}.json"
     for step in range(1, steps + 1):
-        progress = (step - warmup) / max(1, steps - warmup)
-        cur = lr * step / warmup if step < warmup else lr * (0.1 + 0.45 * (1 + np.cos(np.pi * progress)))
         for group in opt.param_groups:
-            group["lr"] = cur
+            group["lr"] = sft_lr(step - 1, schedule)
         ids, att, mask = _rows_to_tensors([row(r) for r in rng.sample(train, batch_size)], tok.pad_token_id, device)
         logits = model(input_ids=ids, attention_mask=att).logits[:, :-1].float()
         logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
