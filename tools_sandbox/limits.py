@@ -105,7 +105,7 @@ def v2_host_cgroup(root: Path, own: str) -> Path:
 
     essential = {"pids", "memory"}  # what contains fork bombs and memory blow-ups; cpu is a bonus
     base = root / own.lstrip("/")
-    best, best_count = base, len(enabled(base) & set(V2_WANTED))
+    best, best_count = base, 0
     for anc in (base, *base.parents):
         if not (anc == root or root in anc.parents):
             break
