@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
 from rewards import RewardInput, RewardPool, get_reward
 from rewards.code import last_python_block
 
+README = Path(__file__).resolve().parents[2] / "README.md"  # a project file the sandbox must not see
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
 
 GOOD = "Here:\n```python\ndef add(a, b):\n    return a + b\n```\n"
@@ -28,7 +30,7 @@ def test_code_tests_scores_the_fraction_passed():
     wrong = fn("p", WRONG, "", {"tests": TESTS})
     assert wrong["score"] == pytest.approx(1 / 3) and not wrong["correct"]  # only 0 - 0 == 0 passes
     assert fn("p", "no code", "", {"tests": TESTS})["score"] == 0.0
-    hostile = fn("p", "```python\nimport os\nopen('/work/main/README.md').read()\n```", "", {"tests": TESTS})
+    hostile = fn("p", f"```python\nimport os\nopen({str(README)!r}).read()\n```", "", {"tests": TESTS})
     assert hostile["score"] == 0.0 and "code failed" in hostile["failures"][0]
 
 
