@@ -175,6 +175,9 @@ def throughput(work: Path, dtype: str, hidden: int, layers: int, seq_len: int, b
     model_dir = build_tiny_model(work / "m", hidden_size=hidden, num_layers=layers, num_heads=hidden // 64,
                                  intermediate_size=hidden * 3, max_position_embeddings=2 * seq_len, seed=0)
     gpus = 1 if torch.cuda.is_available() else 0
+    if gpus:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()  # several dtypes run in one process
     cfg = load_config(None, [f"model.path={model_dir}", f"model.dtype={dtype}", f"learner.gpus_per_rank={gpus}",
                              f"learner.micro_batch_size={batch}", "model.attn_implementation=sdpa"]).to_dict()
     learner = LearnerWorker(0, 1, "127.0.0.1", _free_port(), cfg)
@@ -206,16 +209,21 @@ def main() -> None:
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     p.add_argument("--sft-steps", type=int, default=60)
     p.add_argument("--device", default="auto", choices=["auto", "cpu"])
-    p.add_argument("--throughput", action="store_true", help="time train steps of a ~100M model instead")
+    p.add_argument("--throughput", action="store_true",
+                   help="instead: train-step throughput of a ~80M model, float32 baseline then --dtype, with the ratio")
     p.add_argument("--hidden", type=int, default=768)
     p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--seq-len", type=int, default=1024)
     a = p.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="gpu_learner_") as tmp:
         if a.throughput:
-            res = throughput(Path(tmp), a.dtype, a.hidden, a.layers, seq_len=1024, batch=16, steps=5)
-            name = f"gpu_throughput_{a.dtype}.json"
+            runs = [throughput(Path(tmp) / d, d, a.hidden, a.layers, seq_len=a.seq_len, batch=16, steps=5)
+                    for d in ("float32", a.dtype)]
+            res = {"baseline": runs[0], "measured": runs[1],
+                   "speedup_vs_float32": runs[0]["step_s"] / runs[1]["step_s"]}
+            name = f"gpu_throughput_{a.dtype}_vs_float32.json"
         else:
             res = run_checks(Path(tmp), a.dtype, a.sft_steps, a.device)
             name = f"gpu_learner_{a.dtype}.json"
