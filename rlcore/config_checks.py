@@ -32,7 +32,7 @@ def check(cfg: ExperimentConfig, source: str) -> None:
     for key, value in positive.items():
         if value <= 0:
             fail(key, f"must be > 0, got {value}")
-    for key in ("trainer.total_steps", "sft.steps", "trainer.checkpoint_every", "eval.every"):
+    for key in ("trainer.total_steps", "sft.steps", "trainer.checkpoint_every", "eval.every", "learner.warmup_steps"):
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 0:
             fail(key, "must be >= 0")

@@ -48,6 +48,12 @@ def logprob_mismatch_threshold(cfg: ExperimentConfig) -> float:
     return 0.05 if cfg.model.dtype == "float32" else 1.0
 
 
+def policy_lr(step: int, cfg: ExperimentConfig) -> float:
+    """The policy lr at RL step `step` (1-based): linear warm-up over learner.warmup_steps, then flat."""
+    warmup = cfg.learner.warmup_steps
+    return cfg.learner.lr * min(1.0, step / warmup) if warmup > 0 else cfg.learner.lr
+
+
 class LogprobMismatchError(RuntimeError):
     """Rollout and learner disagree on log-probs of the same tokens after a weight sync."""
 
@@ -262,7 +268,9 @@ class Trainer:
                 train_metrics.update(self.critic.train_values(batch, {**hparams, "mini_batches": cfg.learner.mini_batches,
                                                                       "epochs": cfg.learner.epochs}))
             if self.critic is None or self.step > cfg.critic.warmup_steps:
-                train_metrics.update(self.learners.train(batch, self.spec.policy_loss, hparams))
+                lr = policy_lr(self.step, cfg)
+                train_metrics.update(self.learners.train(batch, self.spec.policy_loss, {**hparams, "lr": lr}))
+                train_metrics["train/lr"] = lr
         timings["time/update_s"] = time.perf_counter() - t
 
         t = time.perf_counter()

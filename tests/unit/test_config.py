@@ -125,3 +125,17 @@ def test_logprob_mismatch_threshold_follows_the_model_dtype(tmp_path, overrides,
 
     cfg = load_config(write(tmp_path, GOOD), overrides)
     assert logprob_mismatch_threshold(cfg) == expected
+
+
+def test_policy_lr_warms_up_linearly_then_stays_flat(tmp_path):
+    from rlcore.trainer import policy_lr
+
+    cfg = load_config(write(tmp_path, GOOD), ["learner.lr=1e-4", "learner.warmup_steps=4"])
+    assert [policy_lr(s, cfg) for s in (1, 2, 4, 5, 100)] == pytest.approx([2.5e-5, 5e-5, 1e-4, 1e-4, 1e-4])
+    flat = load_config(write(tmp_path, GOOD), ["learner.lr=1e-4"])
+    assert policy_lr(1, flat) == 1e-4
+
+
+def test_negative_policy_warmup_is_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="learner.warmup_steps"):
+        load_config(write(tmp_path, GOOD), ["learner.warmup_steps=-1"])
