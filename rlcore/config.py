@@ -96,7 +96,7 @@ class LearnerConfig:
     lr: float = 1e-4
     # RL steps over which the policy lr ramps linearly up to `lr`. A fresh Adam moves every
     # weight by ~lr on its first steps whatever the gradient's size, which knocks a sharp SFT
-    # policy over (BENCHMARKS.md, "RL on a sharp SFT policy"); verl calls this lr_warmup_steps.
+    # policy over (BENCHMARKS.md, "RL on a policy that composes"); verl calls this lr_warmup_steps.
     warmup_steps: int = 0
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
