@@ -31,6 +31,31 @@ def greedy_texts(model_dir: str, renderer: PromptRenderer, tok, records: list[di
     return texts
 
 
+def greedy_diff(config: str, before: str, after: str, overrides: list[str] = (), n: int = 200) -> dict:
+    """Greedy completions of both models on the first `n` held-out problems, and which flipped."""
+    cfg = load_config(config, list(overrides))
+    _, evals = load_datasets(cfg)
+    evals = evals[:n]
+    tok = AutoTokenizer.from_pretrained(before)
+    renderer = PromptRenderer(tok, cfg.data)
+    reward = get_reward(cfg.reward.fn)
+
+    def correct(rec, text) -> bool:
+        out = reward(rec["prompt"], text, str(rec["answer"]), rec.get("metadata", {}))
+        return float(out["score"] if isinstance(out, dict) else out) > 0.5
+
+    texts = {name: greedy_texts(path, renderer, tok, evals, cfg.rollout.max_new_tokens)
+             for name, path in (("before", before), ("after", after))}
+    ok = {name: [correct(r, t) for r, t in zip(evals, texts[name])] for name in texts}
+    lost = [i for i in range(len(evals)) if ok["before"][i] and not ok["after"][i]]
+    gained = [i for i in range(len(evals)) if ok["after"][i] and not ok["before"][i]]
+    return {
+        "n": len(evals), "accuracy_before": sum(ok["before"]) / max(1, len(evals)),
+        "accuracy_after": sum(ok["after"]) / max(1, len(evals)), "lost": lost, "gained": gained,
+        "prompts": [r["prompt"] for r in evals], "before": texts["before"], "after": texts["after"],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("config")
@@ -40,29 +65,11 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=200, help="held-out problems to decode")
     ap.add_argument("--show", type=int, default=25, help="regressions to print")
     args = ap.parse_args()
-
-    cfg = load_config(args.config, args.set)
-    _, evals = load_datasets(cfg)
-    evals = evals[: args.n]
-    tok = AutoTokenizer.from_pretrained(args.before)
-    renderer = PromptRenderer(tok, cfg.data)
-    reward = get_reward(cfg.reward.fn)
-    before, after = (greedy_texts(m, renderer, tok, evals, cfg.rollout.max_new_tokens) for m in (args.before, args.after))
-
-    def correct(rec, text) -> bool:
-        out = reward(rec["prompt"], text, str(rec["answer"]), rec.get("metadata", {}))
-        return float(out["score"] if isinstance(out, dict) else out) > 0.5
-
-    ok_before = [correct(r, t) for r, t in zip(evals, before)]
-    ok_after = [correct(r, t) for r, t in zip(evals, after)]
-    print(f"greedy accuracy on {len(evals)} held-out problems: before {sum(ok_before) / len(evals):.3f}, "
-          f"after {sum(ok_after) / len(evals):.3f}; lost {sum(a and not b for a, b in zip(ok_before, ok_after))}, "
-          f"gained {sum(b and not a for a, b in zip(ok_before, ok_after))}")
-    shown = 0
-    for rec, a, b, x, y in zip(evals, ok_before, ok_after, before, after):
-        if a and not b and shown < args.show:
-            print(f"{rec['prompt']!r}: {x!r} -> {y!r}")
-            shown += 1
+    res = greedy_diff(args.config, args.before, args.after, args.set, args.n)
+    print(f"greedy accuracy on {res['n']} held-out problems: before {res['accuracy_before']:.3f}, "
+          f"after {res['accuracy_after']:.3f}; lost {len(res['lost'])}, gained {len(res['gained'])}")
+    for i in res["lost"][: args.show]:
+        print(f"{res['prompts'][i]!r}: {res['before'][i]!r} -> {res['after'][i]!r}")
 
 
 if __name__ == "__main__":
