@@ -80,11 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['uniform'] + ' vs ' + r['gvm']:<22} {r['seed']:>4} {r['target']:>6.2f} "
               f"{fmt(r['uniform_samples']):>16} {fmt(r['gvm_samples']):>12} {ratio:>11}")
     for u, g in pairs:
-        finals = [r for r in rows if r["uniform"] == u][:1]
-        if finals:
-            f = finals[0]
-            print(f"final held-out accuracy: {u} {f['uniform_final']} after {f['uniform_total_samples']} samples, "
-                  f"{g} {f['gvm_final']} after {f['gvm_total_samples']} samples")
+        for seed in spec.seeds:  # one line per seed: the first target's row carries the finals
+            f = next((r for r in rows if r["uniform"] == u and r["seed"] == seed), None)
+            if f:
+                print(f"final held-out accuracy, seed {seed}: {u} {f['uniform_final']} after "
+                      f"{f['uniform_total_samples']} samples, {g} {f['gvm_final']} after {f['gvm_total_samples']} samples")
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=2))
     return 0
