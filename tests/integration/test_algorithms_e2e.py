@@ -63,6 +63,23 @@ def test_raftpp_with_gvm_allocation_spends_the_budget_and_drops_rejected_samples
     assert len(stats) >= 4 and any(s["grad_norm"] for s in stats.values())
 
 
+def test_nft_with_gvm_allocation_trains_on_uneven_groups(ray_cluster, make_config):
+    # The issue: GVM works with GRPO, RAFT++ and NFT. GVM gives prompts different group sizes.
+    cfg = make_config(
+        name="nft_gvm", algorithm__name="nft", rollout__n_samples=6, learner__num_ranks=1,
+        allocation={"name": "gvm", "presample_n": 2, "min_samples": 2, "max_samples": 12},
+    )
+    Trainer(cfg, reward=parity_reward).run()
+    steps = [r for r in rows(cfg.run_dir) if r["step"] > 0 and "samples/step_generated" in r]
+    assert len(steps) == 2
+    for r in steps:
+        assert r["samples/step_generated"] == 24
+        assert r["samples/per_prompt_min"] >= 2 and r["samples/per_prompt_max"] <= 12
+        if r["samples/trained"]:
+            assert np.isfinite(r["train/loss"])
+    assert any(r["samples/per_prompt_std"] > 0 for r in steps)  # allocation was not uniform
+
+
 def test_nft_with_dapo_filter_and_kl_as_reward_penalty(ray_cluster, make_config):
     cfg = make_config(
         name="nft", algorithm={"name": "nft", "kl_coef": 0.01, "kl_mode": "reward"},
