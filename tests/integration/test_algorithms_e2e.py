@@ -44,19 +44,24 @@ def test_ppo_trains_a_critic_group_and_resumes_it_exactly(ray_cluster, make_conf
         assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
 
 
-def test_raftpp_with_gvm_allocation_spends_the_budget_and_drops_rejected_samples(ray_cluster, make_config):
+def run_with_gvm(make_config, algorithm: str, **overrides):
+    """Two steps of `algorithm` under GVM allocation: 4 prompts x 6 samples, 2 pre-samples each."""
     cfg = make_config(
-        name="gvm", algorithm__name="raftpp", rollout__n_samples=6,
-        allocation={"name": "gvm", "presample_n": 2, "min_samples": 2, "max_samples": 12},
+        name=f"{algorithm}_gvm", algorithm__name=algorithm, rollout__n_samples=6,
+        allocation={"name": "gvm", "presample_n": 2, "min_samples": 2, "max_samples": 12}, **overrides,
     )
     Trainer(cfg, reward=parity_reward).run()
     steps = [r for r in rows(cfg.run_dir) if r["step"] > 0 and "samples/step_generated" in r]
     assert len(steps) == 2
     for r in steps:
-        # 4 prompts x 6 samples, pre-samples included (they are reused).
-        assert r["samples/step_generated"] == 24
+        assert r["samples/step_generated"] == 24  # pre-samples included (they are reused)
         assert r["samples/per_prompt_min"] >= 2 and r["samples/per_prompt_max"] <= 12
-        # RAFT++ trains on accepted samples only.
+    return cfg, steps
+
+
+def test_raftpp_with_gvm_allocation_spends_the_budget_and_drops_rejected_samples(ray_cluster, make_config):
+    cfg, steps = run_with_gvm(make_config, "raftpp")
+    for r in steps:  # RAFT++ trains on accepted samples only.
         assert r["samples/trained"] == round(r["reward/mean"] * 24)
     state = json.loads((cfg.run_dir / "checkpoints" / "step_2" / "trainer_state.json").read_text())
     stats = state["allocator"]["stats"]
@@ -65,19 +70,11 @@ def test_raftpp_with_gvm_allocation_spends_the_budget_and_drops_rejected_samples
 
 def test_nft_with_gvm_allocation_trains_on_uneven_groups(ray_cluster, make_config):
     # The issue: GVM works with GRPO, RAFT++ and NFT. GVM gives prompts different group sizes.
-    cfg = make_config(
-        name="nft_gvm", algorithm__name="nft", rollout__n_samples=6, learner__num_ranks=1,
-        allocation={"name": "gvm", "presample_n": 2, "min_samples": 2, "max_samples": 12},
-    )
-    Trainer(cfg, reward=parity_reward).run()
-    steps = [r for r in rows(cfg.run_dir) if r["step"] > 0 and "samples/step_generated" in r]
-    assert len(steps) == 2
+    _, steps = run_with_gvm(make_config, "nft", learner__num_ranks=1)
+    assert any(r["samples/per_prompt_std"] > 0 for r in steps)  # allocation was not uniform
     for r in steps:
-        assert r["samples/step_generated"] == 24
-        assert r["samples/per_prompt_min"] >= 2 and r["samples/per_prompt_max"] <= 12
         if r["samples/trained"]:
             assert np.isfinite(r["train/loss"])
-    assert any(r["samples/per_prompt_std"] > 0 for r in steps)  # allocation was not uniform
 
 
 def test_nft_with_dapo_filter_and_kl_as_reward_penalty(ray_cluster, make_config):
