@@ -16,7 +16,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlcore.config import load_config
 from rlcore.prompts import PromptRenderer, load_datasets
-from rewards import get_reward
+from rlcore.sampling import is_accepted
+from rewards import RewardInput, get_reward
+from rewards.registry import call_reward
 
 
 def greedy_texts(model_dir: str, renderer: PromptRenderer, tok, records: list[dict], max_new_tokens: int) -> list[str]:
@@ -41,8 +43,9 @@ def greedy_diff(config: str, before: str, after: str, overrides: list[str] = (),
     reward = get_reward(cfg.reward.fn)
 
     def correct(rec, text) -> bool:
-        out = reward(rec["prompt"], text, str(rec["answer"]), rec.get("metadata", {}))
-        return float(out["score"] if isinstance(out, dict) else out) > 0.5
+        item = RewardInput(prompt=rec["prompt"], completion=text, ground_truth=str(rec["answer"]),
+                           metadata=rec.get("metadata", {}))
+        return is_accepted(call_reward(reward, item, cfg.reward.failure_score))
 
     texts = {name: greedy_texts(path, renderer, tok, evals, cfg.rollout.max_new_tokens)
              for name, path in (("before", before), ("after", after))}

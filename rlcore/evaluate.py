@@ -21,6 +21,7 @@ from rlcore.config import DataConfig
 from rlcore.data.benchmarks import Benchmark, load_benchmark, pick_reward
 from rlcore.eval_metrics import answer_key, default_ks, summarize
 from rlcore.prompts import PromptRenderer
+from rlcore.sampling import is_accepted
 
 __all__ = ["EvalSettings", "resolve_model_path", "run_benchmarks", "flat_metrics", "write_report",
            "markdown_table", "evaluate_model"]
@@ -148,8 +149,7 @@ def run_benchmarks(
             part = range(p * s.n, (p + 1) * s.n)
             answers = [_extracted(scored[i].info or {}, texts[i], bench.answer_format) for i in part]
             problems.append({
-                "correct": [bool(scored[i].correct) if scored[i].correct is not None else scored[i].score > 0.5
-                            for i in part],
+                "correct": [is_accepted(scored[i]) for i in part],
                 "keys": [answer_key(a) for a in answers],
                 "lengths": [completions[i].length for i in part],
                 "truncated": [completions[i].finish_reason == "length" for i in part],
