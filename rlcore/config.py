@@ -47,7 +47,14 @@ class DataConfig:
     arith_max_operands: int = 4
     arith_max_operand: int = 9
     arith_ops: str = "+"
+    arith_prompt_template: str = "{problem}="  # the record's prompt; "{problem}" is the expression
     arith_answer_format: Literal["boxed", "plain", "steps", "tool"] = "boxed"  # SFT target style
+    # Share of SFT demonstrations from a sloppy teacher (train set only; the ground truth is
+    # untouched): "unclosed" forgets the closing brace of \boxed{12}, "unboxed" answers without the
+    # box the verifier reads, "last_operand" forgets the last operand. Imitation learns the slip;
+    # the verifier's reward removes it.
+    arith_teacher_slip_rate: float = 0.0
+    arith_teacher_slip: Literal["unclosed", "unboxed", "last_operand"] = "unclosed"
     # "iid": eval problems drawn from the task distribution with another seed (they may also
     # occur in training: the space is finite; eval/accuracy_unseen scores the ones that don't).
     # "disjoint": the problem space is split in two; no eval problem ever appears in training.
@@ -223,6 +230,9 @@ class EvalConfig:
     every: int = 10  # steps; 0 = only at start and end
     num_prompts: int = 200
     temperature: float = 0.0
+    # Also sample each eval prompt k times at rollout.temperature: eval/accuracy_sampled is the mean
+    # accuracy over them, what RL optimises and far less noisy than greedy (0 = off).
+    sampled_k: int = 0
     # Shipped math benchmarks (rlcore/data/benchmarks.py) run at every eval, logged as
     # eval/<bench>/accuracy, eval/<bench>/pass@k, eval/<bench>/maj@k, ... (rlcore/eval_metrics.py).
     # With no eval set (data.eval_path empty) eval/accuracy is the first benchmark's accuracy.

@@ -40,6 +40,12 @@ def check(cfg: ExperimentConfig, source: str) -> None:
         fail("trainer.keep_last", "must be >= 1")
     if cfg.rollout.temperature < 0:
         fail("rollout.temperature", "must be >= 0")
+    if not 0.0 <= cfg.data.arith_teacher_slip_rate < 1.0:
+        fail("data.arith_teacher_slip_rate", f"must be in [0, 1), got {cfg.data.arith_teacher_slip_rate}")
+    if "{problem}" not in cfg.data.arith_prompt_template:
+        fail("data.arith_prompt_template", "must contain '{problem}' (where the expression goes)")
+    if cfg.eval.sampled_k < 0:
+        fail("eval.sampled_k", "must be >= 0")
     if cfg.learner.lr <= 0:
         fail("learner.lr", "must be > 0")
     if len(cfg.learner.betas) != 2:

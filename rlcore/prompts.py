@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlcore.config import DataConfig, ExperimentConfig
-from rlcore.data.arith import ArithConfig, generate_problems, sft_completion, train_eval_split
+from rlcore.data.arith import ArithConfig, add_teacher_slips, generate_problems, sft_completion, train_eval_split
 from rlcore.data.loader import DataError, load_hf_dataset, load_records
 
 
@@ -21,10 +21,14 @@ def load_datasets(cfg: ExperimentConfig) -> tuple[list[dict], list[dict]]:
             max_operand=d.arith_max_operand,
             ops=d.arith_ops,
             answer_format=d.arith_answer_format,
+            prompt_template=d.arith_prompt_template,
         )
         if d.arith_eval_split == "disjoint":
-            return train_eval_split(cfg.seed, d.n_train, d.n_eval, arith)
+            train, evals = train_eval_split(cfg.seed, d.n_train, d.n_eval, arith)
+            add_teacher_slips(train, d.arith_teacher_slip_rate, cfg.seed, d.arith_teacher_slip)
+            return train, evals
         train = generate_problems(d.n_train, cfg.seed, arith)
+        add_teacher_slips(train, d.arith_teacher_slip_rate, cfg.seed, d.arith_teacher_slip)
         seen = {r["metadata"]["problem"] for r in train}
         if d.arith_eval_split == "unseen":
             return train, _unseen_problems(d.n_eval, cfg.seed + 1, arith, seen)

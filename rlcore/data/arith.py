@@ -32,6 +32,8 @@ __all__ = [
     "sft_completion",
     "train_eval_split",
     "problem_space_size",
+    "add_teacher_slips",
+    "SLIPS",
 ]
 
 _ALLOWED_OPS = "+-"
@@ -167,6 +169,50 @@ def sft_completion(record: dict) -> str:
     if fmt == "tool":
         return tool_completion(meta["problem"], str(record["answer"]))
     return format_answer(str(record["answer"]), fmt)
+
+
+SLIPS = ("unclosed", "unboxed", "last_operand")
+
+
+def add_teacher_slips(records: list[dict], rate: float, seed: int, kind: str = "unclosed") -> int:
+    """Give a share ``rate`` of the records a sloppy teacher's SFT demonstration. Returns how
+    many were given one. Kinds:
+
+    - ``unclosed``: the right answer in a box it forgets to close (``\\boxed{12``), which the
+      verifier cannot read;
+    - ``unboxed``: the right answer without the ``\\boxed{}`` the verifier reads (``12``), the
+      inconsistent formatting of real SFT corpora;
+    - ``last_operand``: an answer that forgets the last operand (``3+4+5=`` -> ``\\boxed{7}``).
+
+    Imitation copies a slip into the policy, greedy decoding included; the verifier's reward is
+    what removes it, so RL's effect is large and visible on any machine. The choice is per
+    record and seeded (reruns and resumes see the same demonstrations); the record's ``answer``,
+    the ground truth RL is scored on, is never touched.
+    """
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"teacher slip rate must be in [0, 1), got {rate}")
+    if kind not in SLIPS:
+        raise ValueError(f"teacher slip must be one of {SLIPS}, got {kind!r}")
+    rng = random.Random(f"arith-slips-{seed}")
+    slipped = 0
+    for rec in records:
+        if rng.random() >= rate:
+            continue
+        meta = rec["metadata"]
+        if kind == "unclosed":
+            rec["sft_completion"] = sft_completion(rec).removesuffix("}")
+        elif kind == "unboxed":
+            rec["sft_completion"] = sft_completion(rec).replace("\\boxed{" + rec["answer"] + "}", rec["answer"])
+        else:
+            parts = re.findall(r"\d+|[+-]", meta["problem"])
+            if len(parts) < 3:  # one operand: nothing to forget
+                continue
+            partial = str(_evaluate([int(x) for x in parts[:-2:2]], parts[1:-2:2]))
+            rec["sft_completion"] = sft_completion(
+                {**rec, "answer": partial, "metadata": {**meta, "problem": "".join(parts[:-2])}})
+        meta["teacher_slip"] = kind
+        slipped += 1
+    return slipped
 
 
 def train_eval_split(

@@ -10,6 +10,7 @@ import pytest
 
 from rlcore.data.arith import (
     ArithConfig,
+    add_teacher_slips,
     format_prompt,
     generate_problems,
     problem_space_size,
@@ -381,3 +382,66 @@ def test_iid_eval_split_marks_problems_seen_in_training():
     assert len(evals) == 50
     assert all(r["metadata"]["in_train"] == (r["metadata"]["problem"] in seen) for r in evals)
     assert any(r["metadata"]["in_train"] for r in evals) and not all(r["metadata"]["in_train"] for r in evals)
+
+
+def test_teacher_slips_forget_the_last_operand_on_the_asked_share():
+    recs = generate_problems(4000, seed=3)
+    truths = [r["answer"] for r in recs]
+    n = add_teacher_slips(recs, 0.6, seed=3, kind="last_operand")
+    slipped = [r for r in recs if r["metadata"].get("teacher_slip")]
+    assert len(slipped) == n
+    assert 0.55 < n / len(recs) < 0.65
+    assert [r["answer"] for r in recs] == truths  # the ground truth RL is scored on is untouched
+    for r in slipped:
+        nums = [int(x) for x in r["metadata"]["problem"].split("+")]
+        assert r["sft_completion"] == "\\boxed{" + str(sum(nums[:-1])) + "}"
+    for r in recs:
+        if not r["metadata"].get("teacher_slip"):
+            assert "sft_completion" not in r  # the teacher's correct demonstration is used
+    again = generate_problems(4000, seed=3)
+    add_teacher_slips(again, 0.6, seed=3, kind="last_operand")
+    assert [r.get("sft_completion") for r in again] == [r.get("sft_completion") for r in recs]
+    with pytest.raises(ValueError, match="slip rate"):
+        add_teacher_slips(recs, 1.0, seed=3)
+
+
+def test_teacher_slips_follow_the_answer_format():
+    cfg = ArithConfig(min_operands=3, max_operands=3, answer_format="steps")
+    recs = generate_problems(50, seed=1, cfg=cfg)
+    add_teacher_slips(recs, 0.99, seed=1, kind="last_operand")
+    r = next(r for r in recs if r["metadata"].get("teacher_slip"))
+    a, b, _ = (int(x) for x in r["metadata"]["problem"].split("+"))
+    assert r["sft_completion"] == f"{a}+{b}={a + b} \\boxed{{{a + b}}}"
+
+
+def test_unboxed_slip_keeps_the_right_answer_without_the_box():
+    recs = generate_problems(500, seed=2)
+    n = add_teacher_slips(recs, 0.7, seed=2, kind="unboxed")
+    assert 0.63 < n / 500 < 0.77
+    for r in recs:
+        if r["metadata"].get("teacher_slip") == "unboxed":
+            assert r["sft_completion"] == r["answer"]
+        else:
+            assert sft_completion(r) == "\\boxed{" + r["answer"] + "}" and "sft_completion" not in r
+    steps = generate_problems(20, seed=2, cfg=ArithConfig(min_operands=3, max_operands=3, answer_format="steps"))
+    add_teacher_slips(steps, 0.99, seed=2, kind="unboxed")
+    r = next(r for r in steps if r["metadata"].get("teacher_slip"))
+    assert r["sft_completion"].endswith("=" + r["answer"] + " " + r["answer"]) and "boxed" not in r["sft_completion"]
+    with pytest.raises(ValueError, match="must be one of"):
+        add_teacher_slips(recs, 0.5, seed=2, kind="typo")
+
+
+def test_unclosed_slip_is_the_default_and_the_verifier_rejects_it():
+    from rewards.math_answer import math_answer
+
+    recs = generate_problems(300, seed=4)
+    n = add_teacher_slips(recs, 0.7, seed=4)
+    assert 0.6 < n / 300 < 0.8
+    for r in recs:
+        target = r.get("sft_completion") or sft_completion(r)
+        verdict = math_answer(r["prompt"], target, r["answer"], {})["correct"]
+        if r["metadata"].get("teacher_slip"):
+            assert r["metadata"]["teacher_slip"] == "unclosed"
+            assert target == "\\boxed{" + r["answer"] and not verdict
+        else:
+            assert verdict
