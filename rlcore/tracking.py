@@ -95,6 +95,9 @@ def plot_learning_curve(run_dir: Path) -> Path | None:
         ax.plot(*zip(*evals), marker="o", label="eval accuracy (greedy)")
     if unseen:
         ax.plot(*zip(*unseen), marker=".", linestyle="--", label="eval accuracy, problems never trained on")
+    sampled = [(r["step"], r["eval/accuracy_sampled"]) for r in rows if r.get("eval/accuracy_sampled") is not None]
+    if sampled:
+        ax.plot(*zip(*sampled), marker="s", linestyle=":", label="eval accuracy, sampled at train temperature")
     ax.set_xlabel("RL step")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)

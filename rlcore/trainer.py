@@ -357,9 +357,11 @@ class Trainer:
         requests = [Request(self.renderer.ids(r), 0) for r in records]  # greedy: the seed is unused
         completions = self.generate(requests, self._sampling(self.cfg.eval.temperature)) if records else []
         results = self._score(records, completions) if records else []
-        correct = np.array([bool(r.correct) for r in results], dtype=float)
+        correct = np.array([is_accepted(r) for r in results], dtype=float)
         if records or not bench:
-            metrics.update({"eval/accuracy": float(correct.mean()), "eval/num_prompts": len(records)})
+            metrics.update({"eval/accuracy": float(correct.mean()) if records else float("nan"),
+                            "eval/num_prompts": len(records)})
+        in_train = [(rec.get("metadata") or {}).get("in_train") for rec in records]
         by_level: dict[str, list[float]] = {}
         for rec, ok in zip(records, correct):
             level = rec.get("difficulty")
@@ -367,18 +369,41 @@ class Trainer:
                 by_level.setdefault(str(level), []).append(ok)
         for level, values in sorted(by_level.items()):
             metrics[f"eval/accuracy_d{level}"] = float(np.mean(values))
-        unseen = [ok for rec, ok in zip(records, correct) if (rec.get("metadata") or {}).get("in_train") is False]
+        unseen = [ok for ok, seen in zip(correct, in_train) if seen is False]
         if unseen:  # problems that never occur in the training set
             metrics["eval/accuracy_unseen"] = float(np.mean(unseen))
             metrics["eval/num_unseen"] = len(unseen)
+        if self.cfg.eval.sampled_k and records:
+            metrics.update(self._evaluate_sampled(records, in_train))
         metrics["time/eval_s"] = time.perf_counter() - t
         self.eval_history.append({
             "step": self.step, "accuracy": metrics["eval/accuracy"],
             "accuracy_unseen": metrics.get("eval/accuracy_unseen"),
+            "accuracy_sampled": metrics.get("eval/accuracy_sampled"),
         })
         self.progress.eval_done(self.step, metrics["eval/accuracy"])
         self.pool.pop_metrics()  # eval scoring is not training reward throughput
         return metrics
+
+    def _evaluate_sampled(self, records: list[dict], in_train: list) -> dict:
+        """Mean accuracy over eval.sampled_k samples per prompt at the training temperature.
+
+        The seeds depend only on (seed, prompt, sample), not on the step, so every evaluation
+        draws with the same random numbers and differences between them come from the policy.
+        """
+        k = self.cfg.eval.sampled_k
+        requests = [
+            Request(self.renderer.ids(r), int(np.random.SeedSequence([self.cfg.seed, 0x5EED, i, j]).generate_state(1)[0] >> 1))
+            for i, r in enumerate(records) for j in range(k)
+        ]
+        completions = self.generate(requests, self._sampling(self.cfg.rollout.temperature))
+        results = self._score([r for r in records for _ in range(k)], completions)
+        per_prompt = np.array([is_accepted(x) for x in results], dtype=float).reshape(len(records), k).mean(axis=1)
+        out = {"eval/accuracy_sampled": float(per_prompt.mean()), "eval/sampled_k": k}
+        unseen = [acc for acc, seen in zip(per_prompt, in_train) if seen is False]
+        if unseen:
+            out["eval/accuracy_sampled_unseen"] = float(np.mean(unseen))
+        return out
 
     # --------------------------------------------------------------- logging
 
@@ -426,6 +451,8 @@ class Trainer:
             "eval_accuracy_best": max(e["accuracy"] for e in evals) if evals else None,
             "eval_accuracy_unseen_first": evals[0].get("accuracy_unseen") if evals else None,
             "eval_accuracy_unseen_last": evals[-1].get("accuracy_unseen") if evals else None,
+            "eval_accuracy_sampled_first": evals[0].get("accuracy_sampled") if evals else None,
+            "eval_accuracy_sampled_last": evals[-1].get("accuracy_sampled") if evals else None,
             "run_dir": str(self.run_dir),
         }
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

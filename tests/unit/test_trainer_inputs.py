@@ -76,3 +76,56 @@ def test_fresh_run_refuses_to_clobber_checkpoints(tmp_path, tiny):
         Trainer(cfg)
     cfg.resume, cfg.overwrite = "", True
     Trainer(cfg)  # explicit opt-in
+
+
+class _ScoreOnlyPool:
+    """Scores like a reward that returns only a score (no `correct`): 1.0 when the completion
+    text equals the ground truth."""
+
+    def score(self, items):
+        from rewards.schema import RewardResult
+
+        return [RewardResult(score=1.0 if it.completion.strip() == it.ground_truth else 0.0) for it in items]
+
+    def pop_metrics(self):
+        return {}
+
+
+def test_in_training_eval_uses_the_acceptance_rule_and_samples_with_fixed_seeds(tmp_path, tiny):
+    from types import SimpleNamespace
+
+    from rollout.engine import Completion
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(f'{{"prompt": "p{i}", "answer": "{i}"}}\n' for i in range(6)))
+    cfg = _cfg(tmp_path, tiny, train_path=str(data), eval_path=str(data))
+    cfg.rollout.prompts_per_step = 2
+    cfg.eval.sampled_k = 4
+    trainer = Trainer(cfg)
+    trainer.pool = _ScoreOnlyPool()
+    trainer.progress = SimpleNamespace(eval_done=lambda *a: None)
+    answers = [r["answer"] for r in trainer.eval_records]
+    calls = []
+
+    def generate(requests, sampling):
+        """Greedy answers the first 3 prompts right; sampling answers every other sample right."""
+        calls.append(([r.seed for r in requests], sampling.temperature))
+        per_prompt = 1 if sampling.temperature == 0 else cfg.eval.sampled_k
+        out = []
+        for k in range(len(requests)):
+            right = k < 3 if sampling.temperature == 0 else k % 2 == 1
+            text = answers[k // per_prompt] if right else "wrong"
+            out.append(Completion(trainer.tokenizer(text, add_special_tokens=False)["input_ids"], [], "stop"))
+        return out
+
+    trainer.generate = generate
+    m = trainer._evaluate()
+    assert m["eval/accuracy"] == pytest.approx(0.5)  # 3 of 6: a score-only reward counts (it gave 0 before)
+    assert m["eval/accuracy_sampled"] == pytest.approx(0.5) and m["eval/sampled_k"] == 4
+    (greedy_seeds, greedy_t), (sampled_seeds, sampled_t) = calls
+    assert greedy_t == cfg.eval.temperature == 0 and sampled_t == cfg.rollout.temperature
+    assert len(sampled_seeds) == 6 * 4 and len(set(sampled_seeds)) == 24
+    trainer.step = 7
+    trainer._evaluate()
+    assert calls[3][0] == sampled_seeds  # the same random numbers at every evaluation
+    assert trainer.eval_history[-1]["accuracy_sampled"] == pytest.approx(0.5)
