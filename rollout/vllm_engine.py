@@ -30,9 +30,6 @@ class VLLMEngine(Engine):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default reserves far more
         from vllm import LLM
 
-        # Rotary caches are not weights; vLLM warns on every in-place reload that it kept them.
-        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
-
         kwargs = dict(extra or {})
         import torch
 
@@ -58,6 +55,16 @@ class VLLMEngine(Engine):
         )
         self.tokenizer = self.llm.get_tokenizer()
         self._expected, self._tied = _expected_shapes(model_path)
+        # After LLM(): building the engine runs vLLM's logging dictConfig, which resets the
+        # levels of its child loggers (a setLevel made before it is lost).
+        self.reload_log_filter = install_reload_log_filter(self._computed_only_layers())
+
+    def _computed_only_layers(self) -> set[str]:
+        try:
+            return set().union(*self.llm.apply_model(computed_only_layer_classes))
+        except Exception as exc:  # the filter then hides nothing; the reload still works
+            logging.getLogger(__name__).warning("could not list the model's layers (%s); vLLM reload warnings stay as they are", exc)
+            return set()
 
     def generate(self, requests: list[Request], sampling: SamplingConfig) -> list[Completion]:
         from vllm import SamplingParams
@@ -132,3 +139,69 @@ def _expected_shapes(model_path: str) -> tuple[dict[str, tuple[int, ...]], bool]
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     return expected_weight_shapes(model), bool(getattr(config, "tie_word_embeddings", False))
+
+
+# vLLM's in-place reload (model_loader/reload/layerwise.py, finalize_layerwise_processing) logs
+# "<LayerClass>: Failed to load weights" for every layer that has tensors but received none, and
+# puts the layer's old tensors back. For a layer whose only tensors are non-persistent buffers
+# (a rotary embedding's cos/sin cache, computed from the config) nothing could ever send them:
+# the message is harmless and came once per RL step. For any other layer it means the policy's
+# weights did not arrive, so it must keep showing every time.
+RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+RELOAD_MESSAGE = "%s: Failed to load weights"
+
+
+class ReloadLogFilter(logging.Filter):
+    """Lets vLLM's reload warning through once per computed-only layer class, then counts it."""
+
+    def __init__(self, computed_only: set[str] | frozenset[str]):
+        super().__init__()
+        self.computed_only = frozenset(computed_only)
+        self.shown: set[str] = set()
+        self.suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != RELOAD_MESSAGE or not isinstance(record.args, tuple) or len(record.args) != 1:
+            return True
+        layer = str(record.args[0])
+        if layer not in self.computed_only:
+            return True  # a layer with real weights missed its update: always show it
+        if layer in self.shown:
+            self.suppressed += 1
+            return False
+        self.shown.add(layer)
+        record.msg = RELOAD_MESSAGE + (
+            " (harmless: its only tensors are buffers computed from the config, which vLLM keeps;"
+            " rlcore hides the repeats at each weight update)"
+        )
+        return True
+
+
+def install_reload_log_filter(computed_only: set[str], logger_name: str = RELOAD_LOGGER) -> ReloadLogFilter:
+    """One filter per process (each rollout engine is its own Ray actor): reuse it if present."""
+    logger = logging.getLogger(logger_name)
+    for existing in logger.filters:
+        if isinstance(existing, ReloadLogFilter):
+            existing.computed_only = existing.computed_only | frozenset(computed_only)
+            return existing
+    new = ReloadLogFilter(computed_only)
+    logger.addFilter(new)
+    return new
+
+
+def computed_only_layer_classes(model) -> set[str]:
+    """Class names of modules whose own tensors are all non-persistent buffers (no parameters).
+
+    No checkpoint holds such buffers, so vLLM's reload can never load them. A class counts only
+    if every instance qualifies (a class name is all the log message carries).
+    """
+    verdict: dict[str, bool] = {}
+    for module in model.modules():
+        params = [p for p in module._parameters.values() if p is not None]
+        buffers = [name for name, b in module._buffers.items() if b is not None]
+        if not params and not buffers:
+            continue  # nothing to load, vLLM does not warn
+        ok = not params and all(name in module._non_persistent_buffers_set for name in buffers)
+        name = type(module).__name__
+        verdict[name] = verdict.get(name, True) and ok
+    return {name for name, ok in verdict.items() if ok}
