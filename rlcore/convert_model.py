@@ -105,7 +105,9 @@ def convert(spec: str, out: str | Path, dtype: str = "float32", overwrite: bool 
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         generation.save_pretrained(tmp)
+        _check_tokenizer(tokenizer, tmp)
         _fsync_dir(tmp)
+        tmp.chmod(0o755)  # mkdtemp made it 0700; engines under another user must read it
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -122,6 +124,22 @@ def ensure_converted(path: str | Path, spec: str) -> Path:
     if (path / "config.json").is_file():
         return path
     return convert(spec, path)
+
+
+_PROBE_TEXT = "What is 7+8? Put the answer in \\boxed{}.\n12,345 - 0.5 = x; café ✓"
+
+
+def _check_tokenizer(tokenizer, saved: Path) -> None:
+    """The saved tokenizer must encode like the source's and keep its chat template."""
+    from transformers import AutoTokenizer
+
+    again = AutoTokenizer.from_pretrained(saved)
+    if again(_PROBE_TEXT)["input_ids"] != tokenizer(_PROBE_TEXT)["input_ids"]:
+        raise ConvertError(f"the saved tokenizer encodes {_PROBE_TEXT!r} differently from the source's")
+    if again.chat_template != tokenizer.chat_template:
+        raise ConvertError("the chat template did not survive saving the tokenizer")
+    if (again.eos_token_id, again.pad_token_id) != (tokenizer.eos_token_id, tokenizer.pad_token_id):
+        raise ConvertError("the saved tokenizer's eos/pad tokens changed")
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -2,6 +2,7 @@
 directory, and an interrupted one leaves nothing behind. The GGUF path itself runs on the real
 SmolLM2 file in tests/integration/test_real_model.py."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -73,3 +74,24 @@ def test_interrupted_conversion_leaves_nothing(tmp_path, tiny, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         convert(str(tiny), tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_tokenizer_that_does_not_survive_saving_is_refused(tmp_path, tiny, monkeypatch):
+    from transformers import PreTrainedTokenizerBase
+
+    save = PreTrainedTokenizerBase.save_pretrained
+
+    def save_and_lose_the_template(self, directory, *a, **k):
+        files = save(self, directory, *a, **k)
+        (Path(directory) / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+        return files
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "save_pretrained", save_and_lose_the_template)
+    with pytest.raises(ConvertError, match="chat template did not survive"):
+        convert(str(tiny), tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_is_readable_by_others(tmp_path, tiny):
+    out = convert(str(tiny), tmp_path / "out")
+    assert out.stat().st_mode & 0o755 == 0o755
