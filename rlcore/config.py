@@ -108,6 +108,11 @@ class LearnerConfig:
     # weight by ~lr on its first steps whatever the gradient's size, which knocks a sharp SFT
     # policy over (BENCHMARKS.md, "RL on a policy that composes"); verl calls this lr_warmup_steps.
     warmup_steps: int = 0
+    # After the warm-up: "constant", or "cosine" decay to min_lr_ratio * lr at trainer.total_steps
+    # (verl's lr_scheduler_type / min_lr_ratio). Decay keeps a late, lucky-looking policy from
+    # being knocked over by the last full-size updates.
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    min_lr_ratio: float = 0.0
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     grad_clip: float = 1.0

@@ -50,6 +50,8 @@ def check(cfg: ExperimentConfig, source: str) -> None:
         fail("eval.sampled_k", "must be >= 0")
     if cfg.learner.lr <= 0:
         fail("learner.lr", "must be > 0")
+    if not 0.0 <= cfg.learner.min_lr_ratio <= 1.0:
+        fail("learner.min_lr_ratio", f"must be in [0, 1], got {cfg.learner.min_lr_ratio}")
     if len(cfg.learner.betas) != 2:
         fail("learner.betas", "must be a list of two floats")
     batch = cfg.rollout.prompts_per_step * cfg.rollout.n_samples

@@ -6,6 +6,7 @@ into trainer_state.json; the workers hold only what their checkpoints restore.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import asdict
@@ -49,9 +50,15 @@ def logprob_mismatch_threshold(cfg: ExperimentConfig) -> float:
 
 
 def policy_lr(step: int, cfg: ExperimentConfig) -> float:
-    """The policy lr at RL step `step` (1-based): linear warm-up over learner.warmup_steps, then flat."""
-    warmup = cfg.learner.warmup_steps
-    return cfg.learner.lr * min(1.0, step / warmup) if warmup > 0 else cfg.learner.lr
+    """The policy lr at RL step `step` (1-based): linear warm-up over learner.warmup_steps, then
+    flat or a cosine decay to min_lr_ratio * lr at trainer.total_steps."""
+    lc, warmup = cfg.learner, cfg.learner.warmup_steps
+    if warmup > 0 and step < warmup:
+        return lc.lr * step / warmup
+    if lc.lr_schedule == "constant":
+        return lc.lr
+    progress = min(1.0, (step - warmup) / max(1, cfg.trainer.total_steps - warmup))
+    return lc.lr * (lc.min_lr_ratio + (1 - lc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 class LogprobMismatchError(RuntimeError):

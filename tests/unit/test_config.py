@@ -127,6 +127,21 @@ def test_logprob_mismatch_threshold_follows_the_model_dtype(tmp_path, overrides,
     assert logprob_mismatch_threshold(cfg) == expected
 
 
+def test_policy_lr_cosine_decays_to_the_floor_at_the_last_step(tmp_path):
+    from rlcore.trainer import policy_lr
+
+    cfg = load_config(write(tmp_path, GOOD), ["trainer.total_steps=12", "learner.lr=1e-4", "learner.warmup_steps=2",
+                                              "learner.lr_schedule=cosine", "learner.min_lr_ratio=0.1"])
+    lrs = [policy_lr(s, cfg) for s in range(1, 13)]
+    assert lrs[0] == pytest.approx(5e-5)  # warm-up
+    assert lrs[1] == pytest.approx(1e-4)  # the peak right after it
+    assert lrs[6] == pytest.approx(1e-4 * (0.1 + 0.9 * 0.5))  # halfway through the decay
+    assert lrs[-1] == pytest.approx(1e-5)  # the floor at trainer.total_steps
+    assert all(a >= b for a, b in zip(lrs[1:], lrs[2:]))
+    with pytest.raises(ConfigError, match="learner.min_lr_ratio"):
+        load_config(write(tmp_path, GOOD), ["learner.min_lr_ratio=1.5"])
+
+
 def test_policy_lr_warms_up_linearly_then_stays_flat(tmp_path):
     from rlcore.trainer import policy_lr
 
