@@ -25,6 +25,8 @@ def load_datasets(cfg: ExperimentConfig) -> tuple[list[dict], list[dict]]:
         )
         if d.arith_eval_split == "disjoint":
             train, evals = train_eval_split(cfg.seed, d.n_train, d.n_eval, arith)
+            for rec in evals:  # held out by construction: eval/accuracy_unseen covers all of them
+                rec["metadata"]["in_train"] = False
             add_teacher_slips(train, d.arith_teacher_slip_rate, cfg.seed, d.arith_teacher_slip)
             return train, evals
         train = generate_problems(d.n_train, cfg.seed, arith)

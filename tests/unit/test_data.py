@@ -384,6 +384,19 @@ def test_iid_eval_split_marks_problems_seen_in_training():
     assert any(r["metadata"]["in_train"] for r in evals) and not all(r["metadata"]["in_train"] for r in evals)
 
 
+def test_disjoint_eval_split_marks_every_eval_problem_unseen():
+    from rlcore.config import config_from_dict
+    from rlcore.prompts import load_datasets
+
+    cfg = config_from_dict({"model": {"path": "x"}, "data": {
+        "arith_eval_split": "disjoint", "n_train": 300, "n_eval": 40, "arith_max_operands": 2,
+        "arith_max_operand": 29, "arith_prompt_template": "What is {problem}?"}})
+    train, evals = load_datasets(cfg)
+    seen = {r["metadata"]["problem"] for r in train}
+    assert all(r["metadata"]["in_train"] is False and r["metadata"]["problem"] not in seen for r in evals)
+    assert evals[0]["prompt"] == f"What is {evals[0]['metadata']['problem']}?"
+
+
 def test_teacher_slips_forget_the_last_operand_on_the_asked_share():
     recs = generate_problems(4000, seed=3)
     truths = [r["answer"] for r in recs]
