@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from rlcore.config import DataConfig
 from rlcore.data.benchmarks import Benchmark, load_benchmark, pick_reward
 from rlcore.eval_metrics import answer_key, default_ks, summarize
 from rlcore.prompts import PromptRenderer
 from rlcore.sampling import is_accepted
+from rollout.engine import request_seed
 
 __all__ = ["EvalSettings", "resolve_model_path", "run_benchmarks", "flat_metrics", "write_report",
            "markdown_table", "evaluate_model"]
@@ -45,8 +44,7 @@ class EvalSettings:
 
 def sample_seed(seed: int, bench: str, problem: int, sample: int) -> int:
     """Seed of one sample: reproducible whatever the batching, worker count or --limit."""
-    words = [seed, zlib.crc32(bench.encode()), problem, sample]
-    return int(np.random.SeedSequence(words).generate_state(1)[0] >> 1)
+    return request_seed(seed, zlib.crc32(bench.encode()), problem, sample)
 
 
 def resolve_model_path(path: str) -> str:

@@ -33,7 +33,7 @@ from rlcore.tracking import Tracker, plot_learning_curve
 from rlcore.tools import ToolRunner
 from rlcore.update import UpdateBuilder
 from rollout.tool_rollout import tool_metrics
-from rollout.engine import Request, SamplingConfig
+from rollout.engine import Request, SamplingConfig, request_seed
 
 
 def _AllocatorSettings(allocation, n_samples: int) -> SimpleNamespace:
@@ -228,7 +228,7 @@ class Trainer:
 
     def _sample_seed(self, prompt_index: int, sample_index: int) -> int:
         """Per-sample seeds make generation reproducible across restarts and worker counts."""
-        return int(np.random.SeedSequence([self.cfg.seed, self.step, prompt_index, sample_index]).generate_state(1)[0] >> 1)
+        return request_seed(self.cfg.seed, self.step, prompt_index, sample_index)
 
     def generate(self, requests, sampling: SamplingConfig) -> list:
         """The engines, or the engines driven through the interpreter loop when tools are on."""
@@ -368,7 +368,8 @@ class Trainer:
         if not records and bench:  # no eval set: the first benchmark is the headline number
             first = next(iter(bench.values()))
             metrics["eval/accuracy"] = float(first.get("accuracy", 0.0))
-        requests = [Request(self.renderer.ids(r), 0) for r in records]  # greedy: the seed is unused
+        prompt_ids = [self.renderer.ids(r) for r in records]
+        requests = [Request(ids, 0) for ids in prompt_ids]  # greedy: the seed is unused
         completions = self.generate(requests, self._sampling(self.cfg.eval.temperature)) if records else []
         results = self._score(records, completions) if records else []
         correct = np.array([is_accepted(r) for r in results], dtype=float)
@@ -388,7 +389,7 @@ class Trainer:
             metrics["eval/accuracy_unseen"] = float(np.mean(unseen))
             metrics["eval/num_unseen"] = len(unseen)
         if self.cfg.eval.sampled_k and records:
-            metrics.update(self._evaluate_sampled(records, in_train))
+            metrics.update(self._evaluate_sampled(records, prompt_ids, in_train))
         metrics["time/eval_s"] = time.perf_counter() - t
         self.eval_history.append({
             "step": self.step, "accuracy": metrics["eval/accuracy"],
@@ -399,17 +400,14 @@ class Trainer:
         self.pool.pop_metrics()  # eval scoring is not training reward throughput
         return metrics
 
-    def _evaluate_sampled(self, records: list[dict], in_train: list) -> dict:
+    def _evaluate_sampled(self, records: list[dict], prompt_ids: list[list[int]], in_train: list) -> dict:
         """Mean accuracy over eval.sampled_k samples per prompt at the training temperature.
 
         The seeds depend only on (seed, prompt, sample), not on the step, so every evaluation
         draws with the same random numbers and differences between them come from the policy.
         """
         k = self.cfg.eval.sampled_k
-        requests = [
-            Request(self.renderer.ids(r), int(np.random.SeedSequence([self.cfg.seed, 0x5EED, i, j]).generate_state(1)[0] >> 1))
-            for i, r in enumerate(records) for j in range(k)
-        ]
+        requests = [Request(ids, request_seed(self.cfg.seed, 0x5EED, i, j)) for i, ids in enumerate(prompt_ids) for j in range(k)]
         completions = self.generate(requests, self._sampling(self.cfg.rollout.temperature))
         results = self._score([r for r in records for _ in range(k)], completions)
         per_prompt = np.array([is_accepted(x) for x in results], dtype=float).reshape(len(records), k).mean(axis=1)

@@ -28,6 +28,12 @@ class Request:
     seed: int
 
 
+def request_seed(*keys: int) -> int:
+    """A request's seed from integer keys (run seed, step, prompt, sample, ...): the same keys
+    give the same sample whatever the batching or the number of workers."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1)[0] >> 1)
+
+
 @dataclass
 class Completion:
     token_ids: list[int]
