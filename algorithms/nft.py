@@ -176,4 +176,5 @@ def nft(cfg: Any) -> AlgorithmSpec:
         needs_critic=False,
         needs_old_logprobs=True,
         drop_zero_advantage=True,
+        advantage_weighting_exact=False,  # the implicit negative policy is not linear in A
     )

@@ -56,6 +56,10 @@ class AlgorithmSpec:
     needs_critic: bool
     needs_old_logprobs: bool
     drop_zero_advantage: bool = False
+    # The loss scales with a positive per-token weight on the advantage exactly as if the token's
+    # loss were weighted (PPO clip, dual clip, -A log p): asynchronous rollout applies its
+    # importance weights that way (algorithms/off_policy.py).
+    advantage_weighting_exact: bool = True
 
 
 class _Registry:

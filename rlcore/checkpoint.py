@@ -58,6 +58,32 @@ def save_checkpoint(run_dir: Path, step: int, trainer_state: dict, write_workers
     return final
 
 
+ROLLOUTS_AHEAD = "rollouts_ahead.pkl"
+
+
+def save_rollouts_ahead(path: Path, rollouts: list) -> None:
+    """Batches an asynchronous run generated for steps after this checkpoint (rlcore/rollout_pipeline.py).
+
+    They were sampled by an older policy than the one saved here, so a resume could not make
+    them again: it trains on these, exactly as the uninterrupted run does.
+    """
+    if rollouts:
+        import pickle
+
+        with (Path(path) / ROLLOUTS_AHEAD).open("wb") as f:
+            pickle.dump(rollouts, f)
+
+
+def load_rollouts_ahead(path: Path) -> list:
+    file = Path(path) / ROLLOUTS_AHEAD
+    if not file.is_file():
+        return []
+    import pickle
+
+    with file.open("rb") as f:
+        return pickle.load(f)
+
+
 def load_trainer_state(path: Path) -> dict:
     return json.loads((Path(path) / "trainer_state.json").read_text())
 

@@ -94,6 +94,11 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.5
     enforce_eager: bool = True
     vllm_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Asynchronous rollout (rlcore/rollout_pipeline.py): the engines generate the batch of step
+    # t+k while the learners train step t; 0 = the synchronous loop. Tokens are weighted by
+    # min(pi_learner / pi_rollout, tis_cap) (truncated importance sampling, algorithms/off_policy.py).
+    max_staleness: int = 0
+    tis_cap: float = 2.0
 
 
 @dataclass

@@ -107,11 +107,32 @@ def _validate_rl_sections(cfg: ExperimentConfig, fail) -> None:
         fail("critic.num_ranks", "critic.num_ranks and critic.micro_batch_size must be >= 1")
     if cfg.critic.lr <= 0:
         fail("critic.lr", "must be > 0")
+    _validate_async(cfg, fail)
     if cfg.tools.enabled:
         if cfg.tools.max_tool_calls < 0 or cfg.tools.timeout_s <= 0:
             fail("tools.max_tool_calls", "need max_tool_calls >= 0 and timeout_s > 0")
         if "{output}" not in cfg.tools.output_template:
             fail("tools.output_template", "must contain '{output}'")
+
+
+def _validate_async(cfg: ExperimentConfig, fail) -> None:
+    from algorithms import registry as algo_registry
+    from algorithms.allocators import get_allocator
+
+    rc = cfg.rollout
+    if rc.max_staleness < 0:
+        fail("rollout.max_staleness", f"must be >= 0 (0 = synchronous), got {rc.max_staleness}")
+    if not rc.tis_cap > 0:
+        fail("rollout.tis_cap", f"must be > 0, got {rc.tis_cap}")
+    if rc.max_staleness == 0:
+        return
+    if getattr(get_allocator(cfg.allocation.name), "needs_grad_norm", False):
+        fail("rollout.max_staleness", f"allocation.name {cfg.allocation.name!r} computes gradient norms on the "
+             "learners while sampling, which would interleave with training; use max_staleness: 0")
+    spec = algo_registry.get_algorithm(cfg.algorithm.name)(cfg.algorithm)
+    if not spec.advantage_weighting_exact:
+        fail("rollout.max_staleness", f"algorithm {cfg.algorithm.name!r}: its loss is not linear in the "
+             "advantage, so importance weights cannot be applied through it; use max_staleness: 0")
 
 
 def _validate_reward(cfg: ExperimentConfig, fail) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from algorithms import get_advantage, kl_penalty
+from algorithms.off_policy import truncated_is_weights
 from algorithms.ppo import gae_advantages, outcome_token_rewards, whiten
 from rlcore.batch import build_batch, pad_rows, select_rows
 from rlcore.config import ExperimentConfig
@@ -66,7 +67,8 @@ class UpdateBuilder:
         temperature = cfg.rollout.temperature
         multi_pass = cfg.learner.mini_batches > 1 or cfg.learner.epochs > 1
         kl_in_reward = spec.needs_reference and algo.kl_mode == "reward"
-        if spec.needs_old_logprobs and (multi_pass or kl_in_reward or spec.needs_critic):
+        off_policy = cfg.rollout.max_staleness > 0  # weights need the learner's own log-probs
+        if off_policy or (spec.needs_old_logprobs and (multi_pass or kl_in_reward or spec.needs_critic)):
             batch["old_logp"] = learners.compute_logprobs(batch, temperature)
         if spec.needs_reference:
             batch["ref_logp"] = learners.compute_logprobs(batch, temperature, reference=True)
@@ -106,6 +108,12 @@ class UpdateBuilder:
                     extra = np.zeros_like(batch["loss_mask"])
                     extra[:n] = (value.float()[:, None] * mask).numpy()
                     batch[f"extra/{name}"] = extra
+        if off_policy:
+            weights, is_metrics = truncated_is_weights(torch.from_numpy(batch["old_logp"][:n]),
+                                                       torch.from_numpy(batch["rollout_logp"][:n]), mask,
+                                                       cfg.rollout.tis_cap)
+            token_adv[:n] *= weights.numpy()
+            metrics.update(is_metrics)
         batch["advantages"] = token_adv
         metrics.update({"advantage/mean": float(seq_adv.mean()), "advantage/abs_mean": float(seq_adv.abs().mean()),
                         "advantage/zero_frac": float((seq_adv == 0).float().mean())})

@@ -154,3 +154,17 @@ def test_policy_lr_warms_up_linearly_then_stays_flat(tmp_path):
 def test_negative_policy_warmup_is_rejected(tmp_path):
     with pytest.raises(ConfigError, match="learner.warmup_steps"):
         load_config(write(tmp_path, GOOD), ["learner.warmup_steps=-1"])
+
+
+def test_asynchronous_rollout_settings_checked_at_load(tmp_path):
+    path = write(tmp_path, GOOD)
+    assert load_config(path, ["rollout.max_staleness=1"]).rollout.max_staleness == 1
+    with pytest.raises(ConfigError, match="rollout.max_staleness: must be >= 0"):
+        load_config(path, ["rollout.max_staleness=-1"])
+    with pytest.raises(ConfigError, match="rollout.tis_cap: must be > 0"):
+        load_config(path, ["rollout.max_staleness=1", "rollout.tis_cap=0"])
+    with pytest.raises(ConfigError, match="rollout.max_staleness: allocation.name 'gvm' computes gradient norms"):
+        load_config(path, ["rollout.max_staleness=1", "allocation.name=gvm"])
+    with pytest.raises(ConfigError, match="rollout.max_staleness: algorithm 'nft'"):
+        load_config(path, ["rollout.max_staleness=1", "algorithm.name=nft"])
+    assert load_config(path, ["algorithm.name=nft"]).algorithm.name == "nft"  # synchronous NFT is fine
