@@ -32,6 +32,7 @@ def grpo(cfg: Any) -> AlgorithmSpec:
         needs_reference=_uses_kl(cfg),
         needs_critic=False,
         needs_old_logprobs=True,
+        zero_advantage_has_zero_loss=True,
     )
 
 
@@ -44,4 +45,5 @@ def drgrpo(cfg: Any) -> AlgorithmSpec:
         needs_reference=_uses_kl(cfg),
         needs_critic=False,
         needs_old_logprobs=True,
+        zero_advantage_has_zero_loss=True,
     )

@@ -181,4 +181,5 @@ def ppo(cfg: Any) -> AlgorithmSpec:
         needs_reference=float(getattr(cfg, "kl_coef", 0.0) or 0.0) > 0.0,
         needs_critic=True,
         needs_old_logprobs=True,
+        zero_advantage_has_zero_loss=True,
     )

@@ -100,6 +100,7 @@ def raft(cfg: Any) -> AlgorithmSpec:
         needs_reference=_uses_kl(cfg),
         needs_critic=False,
         needs_old_logprobs=False,
+        zero_advantage_has_zero_loss=True,
         drop_zero_advantage=True,
     )
 
@@ -113,5 +114,6 @@ def raftpp(cfg: Any) -> AlgorithmSpec:
         needs_reference=_uses_kl(cfg),
         needs_critic=False,
         needs_old_logprobs=True,
+        zero_advantage_has_zero_loss=True,
         drop_zero_advantage=True,
     )

@@ -47,6 +47,12 @@ class AlgorithmSpec:
         drop_zero_advantage: drop samples whose advantage is exactly 0 from
             the update (rejection sampling: RAFT, RAFT++; NFT's uninformative
             groups), so they neither cost compute nor dilute the normalisers.
+        zero_advantage_has_zero_loss: the policy loss of a token whose
+            advantage is exactly 0 is exactly 0, with zero gradient, apart
+            from a KL loss term (PPO clip, dual clip, ``-A log p``). Without
+            a KL loss the learner then skips the forward/backward of rows
+            whose advantages are all zero; unlike ``drop_zero_advantage``
+            they still count in the normalisers, so the loss is unchanged.
     """
 
     name: str
@@ -56,6 +62,7 @@ class AlgorithmSpec:
     needs_critic: bool
     needs_old_logprobs: bool
     drop_zero_advantage: bool = False
+    zero_advantage_has_zero_loss: bool = False
     # The loss scales with a positive per-token weight on the advantage exactly as if the token's
     # loss were weighted (PPO clip, dual clip, -A log p): asynchronous rollout applies its
     # importance weights that way (algorithms/off_policy.py).

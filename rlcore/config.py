@@ -94,11 +94,16 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.5
     enforce_eager: bool = True
     vllm_kwargs: dict[str, Any] = field(default_factory=dict)
+    # How learner weights reach the engines after each update: "collective" broadcasts them from
+    # learner rank 0 in a process group of its own (rollout/weight_sync.py); "object_store" puts
+    # them into Ray's object store for every engine to fetch (the fallback).
+    weight_sync: Literal["collective", "object_store"] = "collective"
     # Asynchronous rollout (rlcore/rollout_pipeline.py): the engines generate the batch of step
     # t+k while the learners train step t; 0 = the synchronous loop. Tokens are weighted by
     # min(pi_learner / pi_rollout, tis_cap) (truncated importance sampling, algorithms/off_policy.py).
     max_staleness: int = 0
     tis_cap: float = 2.0
+    cpu_cores: list[int] = field(default_factory=list)  # pin every engine to these cores (one node); [] = any
 
 
 @dataclass
@@ -122,9 +127,13 @@ class LearnerConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     grad_clip: float = 1.0
     micro_batch_size: int = 64  # sequences per forward/backward on one rank
+    # > 0: pack the policy's forward/backward passes by tokens instead: rows sorted by length,
+    # rows x longest row <= this budget per pass, padding trimmed per pass (0 = micro_batch_size).
+    micro_batch_tokens: int = 0
     mini_batches: int = 1  # optimizer steps per RL step
     epochs: int = 1  # passes over the batch per RL step
     gradient_checkpointing: bool = False
+    cpu_cores: list[int] = field(default_factory=list)  # pin every rank to these cores (one node); [] = any
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """Driver-side handles for the worker groups: fan a call out, gather and reduce the answers."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import ray
 
@@ -72,6 +74,66 @@ class RolloutGroup:
 
     def sequence_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
         return ray.get(self.workers[0].sequence_logprobs.remote(sequences))
+
+
+class ObjectStoreWeightSync:
+    """Rank 0 puts its full weights (numpy) into the object store; every engine fetches them."""
+
+    def __init__(self, learners: LearnerGroup, rollout: RolloutGroup):
+        self.learners, self.rollout = learners, rollout
+
+    def push(self, version: int) -> dict[str, float]:
+        t0 = time.perf_counter()
+        ref = self.learners.gather_weights()
+        gathered = time.perf_counter()
+        load_s = self.rollout.update_weights(ref, version)
+        del ref
+        total = time.perf_counter() - t0
+        return {"time/sync_gather_s": gathered - t0, "time/sync_load_s": load_s, "time/sync_total_s": total}
+
+
+class CollectiveWeightSync:
+    """Learner rank 0 broadcasts bucketed weights to every engine in a group of their own
+    (rollout/weight_sync.py). Both sides of every call are issued before waiting on any."""
+
+    def __init__(self, learners: LearnerGroup, rollout: RolloutGroup, backend: str = "gloo",
+                 bucket_bytes: int | None = None, timeout_s: float = 300.0):
+        from rlcore.topology import rendezvous_near
+        from rollout.weight_sync import BUCKET_BYTES
+
+        self.learners, self.rollout = learners, rollout
+        addr, port = rendezvous_near(learners.placement)
+        world = 1 + len(rollout.workers)
+        args = (addr, port, world, backend, timeout_s, bucket_bytes or BUCKET_BYTES)
+        refs = [w.weight_sync.remote("connect", *args) for w in learners.workers]
+        refs += [w.open_weight_sync.remote(addr, port, 1 + i, world, backend, timeout_s)
+                 for i, w in enumerate(rollout.workers)]
+        self.info = ray.get(refs)[0]  # buckets and bytes per sync
+
+    def push(self, version: int) -> dict[str, float]:
+        t0 = time.perf_counter()
+        n = len(self.learners.workers)
+        refs = [w.weight_sync.remote("push") for w in self.learners.workers]
+        refs += [w.receive_weights.remote(version) for w in self.rollout.workers]
+        results = ray.get(refs)
+        sender, engines = results[0], results[n:]
+        return {
+            "time/sync_gather_s": sender["gather_s"],  # FSDP gather + packing on rank 0
+            "time/sync_send_wait_s": sender["send_wait_s"],  # rank 0 waiting on the broadcasts
+            "time/sync_recv_wait_s": max(e["recv_wait_s"] for e in engines),  # engines waiting on buckets
+            "time/sync_load_s": max(e["load_s"] for e in engines),  # engines loading
+            "time/sync_total_s": time.perf_counter() - t0,
+        }
+
+
+def make_weight_sync(kind: str, learners: LearnerGroup, rollout: RolloutGroup, on_gpus: bool = False):
+    """`rollout.weight_sync`: "collective" (NCCL when learners and engines are on GPUs, gloo
+    otherwise) or "object_store" (the fallback)."""
+    if kind == "object_store":
+        return ObjectStoreWeightSync(learners, rollout)
+    if kind == "collective":
+        return CollectiveWeightSync(learners, rollout, backend="nccl" if on_gpus else "gloo")
+    raise ValueError(f"rollout.weight_sync must be 'collective' or 'object_store', got {kind!r}")
 
 
 def reduce_rank_metrics(results: list[dict[str, float]]) -> dict[str, float]:

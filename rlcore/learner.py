@@ -5,6 +5,7 @@ the batch, and all ranks run the same number of forward/backward passes.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from algorithms import PolicyLossInput, aggregate, get_policy_loss
+from rlcore.cpu_pinning import pin_to_cores
 from rollout.model_io import DTYPES, load_causal_lm
 
 
@@ -28,6 +30,7 @@ class LearnerWorker:
         backend = lcfg["backend"] if lcfg["backend"] != "auto" else ("nccl" if on_gpu else "gloo")
         if lcfg["num_threads"] > 0:
             torch.set_num_threads(lcfg["num_threads"])
+        pin_to_cores(lcfg.get("cpu_cores") or [])
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
         # Binding the rank to its GPU lets NCCL set up communicators eagerly and keeps
         # barrier() from guessing the device.
@@ -86,48 +89,129 @@ class LearnerWorker:
 
     # -------------------------------------------------------------- forward
 
-    def _logprobs(self, model, input_ids, attention_mask, temperature: float, with_entropy: bool = False):
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
-        logits = logits.float()
-        if temperature not in (0.0, 1.0):
-            logits = logits / temperature
-        targets = input_ids[:, 1:]
-        lse = torch.logsumexp(logits, dim=-1)
-        logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
-        entropy = None
-        if with_entropy:
-            with torch.no_grad():
-                probs = torch.softmax(logits, dim=-1)
-                entropy = lse - (probs * logits).sum(-1)
+    def _logprobs(self, model, input_ids, attention_mask, temperature: float, with_entropy: bool = False,
+                  start: int = 0):
+        """Log-probs (and, no-grad, entropies) of tokens 1..L-1, as [B, L-1] with zeros before
+        position `start`: the LM head runs only on positions start..L-2.
+
+        The root model's forward is called (FSDP2's unshard hooks live there) with
+        `logits_to_keep` as an index tensor, so prompt positions never reach the LM head.
+        """
+        batch, length = input_ids.shape
+        start = min(max(int(start), 0), length - 1)
+        if self._keeps_logits(model):
+            keep = torch.arange(start, length - 1, device=input_ids.device)
+            logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                           logits_to_keep=keep).logits
+        else:
+            logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, start:-1]
+        logp, entropy = token_logprobs(logits, input_ids[:, start + 1 :], temperature, with_entropy)
+        if start > 0:
+            logp = torch.cat([logp.new_zeros(batch, start), logp], dim=1)
+            if entropy is not None:
+                entropy = torch.cat([entropy.new_zeros(batch, start), entropy], dim=1)
         return logp, entropy
 
+    @staticmethod
+    def _keeps_logits(model) -> bool:
+        """Whether the model's forward takes `logits_to_keep` (every recent HF causal LM does)."""
+        cached = getattr(model, "_rl_keeps_logits", None)
+        if cached is None:
+            cached = "logits_to_keep" in inspect.signature(type(model).forward).parameters
+            model._rl_keeps_logits = cached
+        return cached
+
+    @staticmethod
+    def _first_scored(mb: dict[str, torch.Tensor]) -> int:
+        """First [B, L-1] position any row of the micro-batch trains on (loss_mask); 0 without a mask."""
+        mask = mb.get("loss_mask")
+        if mask is None:
+            return 0
+        cols = torch.nonzero(mask.detach().sum(0) > 0)
+        return int(cols[0]) if len(cols) else max(mask.shape[1] - 1, 0)
+
+    def _to_tensors(self, batch: dict[str, np.ndarray], idx: np.ndarray) -> dict[str, torch.Tensor]:
+        """Rows `idx` as tensors, trimmed to their longest row (right padding)."""
+        width = int(batch["attention_mask"][idx].sum(1).max())
+        mb = {}
+        for key, arr in batch.items():
+            part = arr[idx]
+            if part.ndim == 2:
+                part = part[:, : width if key in ("input_ids", "attention_mask") else width - 1]
+            mb[key] = torch.from_numpy(np.ascontiguousarray(part)).to(self.device)
+        return mb
+
     def _micro_batches(self, batch: dict[str, np.ndarray], indices: np.ndarray):
-        """Yield micro-batches as tensors, trimmed to their longest row (right padding)."""
+        """Yield micro-batches of `micro_batch_size` rows in order, as tensors (the critic's)."""
         size = self.cfg["learner"]["micro_batch_size"]
         for start in range(0, len(indices), size):
-            idx = indices[start : start + size]
-            width = int(batch["attention_mask"][idx].sum(1).max())
-            mb = {}
-            for key, arr in batch.items():
-                part = arr[idx]
-                if part.ndim == 2:
-                    part = part[:, : width if key in ("input_ids", "attention_mask") else width - 1]
-                mb[key] = torch.from_numpy(np.ascontiguousarray(part)).to(self.device)
-            yield mb
+            yield self._to_tensors(batch, indices[start : start + size])
+
+    def _plan(self, batch: dict[str, np.ndarray], indices: np.ndarray) -> list[np.ndarray]:
+        """Row groups for the policy's forward passes.
+
+        `learner.micro_batch_tokens` > 0: rows sorted by length (longest first) and packed while
+        rows x longest row stays within the budget (a longer row goes alone); otherwise chunks of
+        `micro_batch_size` rows in order. The counts may differ between ranks: see `_agree`.
+        """
+        lcfg = self.cfg["learner"]
+        budget = int(lcfg.get("micro_batch_tokens") or 0)
+        indices = np.asarray(indices)
+        if budget <= 0:
+            size = lcfg["micro_batch_size"]
+            return [indices[s : s + size] for s in range(0, len(indices), size)]
+        lengths = batch["attention_mask"][indices].sum(1)
+        order = np.argsort(-lengths, kind="stable")
+        plan, current, width = [], [], 0
+        for k in order:
+            if current and width * (len(current) + 1) > budget:
+                plan.append(indices[current])
+                current = []
+            if not current:
+                width = int(lengths[k])
+            current.append(k)
+        if current:
+            plan.append(indices[current])
+        return plan
+
+    def _agree(self, count: int, at_least: int = 0) -> int:
+        """Forward/backward passes every rank runs: the max over ranks (each pass is a collective);
+        ranks with fewer run zero-weight filler passes (`_filler`)."""
+        if self.world_size > 1:
+            t = torch.tensor([count], dtype=torch.int64, device=self.device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            count = int(t.item())
+        return max(count, at_least)
+
+    def _filler(self) -> dict[str, torch.Tensor]:
+        """A two-token row for a zero-weight pass: it joins the collectives and adds nothing."""
+        ids = torch.zeros((1, 2), dtype=torch.int64, device=self.device)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
     @torch.no_grad()
-    def compute_logprobs(self, batch: dict[str, np.ndarray], temperature: float = 1.0, reference: bool = False):
-        """Per-token log-probs [B, L-1] (zero beyond each row's length)."""
+    def compute_logprobs(self, batch: dict[str, np.ndarray], temperature: float = 1.0, reference: bool = False,
+                         positions: str = "all"):
+        """Per-token log-probs [B, L-1] (zero beyond each row's length).
+
+        positions="all" scores every token (the weight-sync check, probes); "loss" only the
+        positions from each micro-batch's first `loss_mask` position on (zeros before), which is
+        all that the losses read and skips the LM head over prompts.
+        """
+        if positions not in ("all", "loss"):
+            raise ValueError(f"positions must be 'all' or 'loss', got {positions!r}")
         model = self.ref_model if reference else self.model
         model.eval()
         out = np.zeros(batch["input_ids"][:, 1:].shape, dtype=np.float32)
-        indices = np.arange(len(batch["input_ids"]))
-        row = 0
-        for mb in self._micro_batches(batch, indices):
-            logp, _ = self._logprobs(model, mb["input_ids"], mb["attention_mask"], temperature)
-            n, w = logp.shape
-            out[row : row + n, :w] = (logp * mb["attention_mask"][:, 1:]).cpu().numpy()
-            row += n
+        plan = self._plan(batch, np.arange(len(batch["input_ids"])))
+        for k in range(self._agree(len(plan))):
+            if k >= len(plan):
+                self._logprobs(model, **self._filler(), temperature=temperature)
+                continue
+            mb = self._to_tensors(batch, plan[k])
+            start = self._first_scored(mb) if positions == "loss" else 0
+            logp, _ = self._logprobs(model, mb["input_ids"], mb["attention_mask"], temperature, start=start)
+            w = logp.shape[1]
+            out[plan[k], :w] = (logp * mb["attention_mask"][:, 1:]).cpu().numpy()
         return out
 
     def sequence_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
@@ -136,7 +220,7 @@ class LearnerWorker:
         mask = np.zeros_like(ids)
         for i, s in enumerate(sequences):
             ids[i, : len(s)], mask[i, : len(s)] = s, 1
-        lp = self.compute_logprobs({"input_ids": ids, "attention_mask": mask})
+        lp = self.compute_logprobs({"input_ids": ids, "attention_mask": mask}, positions="all")
         return [lp[i, : len(s) - 1].tolist() for i, s in enumerate(sequences)]
 
     # ------------------------------------------------------------------ train
@@ -179,13 +263,22 @@ class LearnerWorker:
         # FSDP averages gradients over ranks; scale so the sum over ranks is the global loss.
         scale = float(self.world_size)
         self.optimizer.zero_grad(set_to_none=True)
-        sums: dict[str, float] = {}
+        sums: dict[str, float] = {"loss": 0.0}  # other metrics come from the rows that ran
         weights = 0.0
         temperature = hparams.get("temperature", 1.0)
-        for mb in self._micro_batches(batch, indices):
+        rows = self._rows_to_run(batch, indices, loss, hparams)
+        plan = self._plan(batch, rows)
+        # At least one pass, so every parameter gets a (zero) gradient and AdamW steps as usual.
+        for k in range(self._agree(len(plan), at_least=1)):
+            if k >= len(plan):
+                logp, _ = self._logprobs(self.model, **self._filler(), temperature=temperature)
+                (logp.sum() * 0.0).backward()
+                continue
+            mb = self._to_tensors(batch, plan[k])
             mask = mb["loss_mask"].float()
             logp, entropy = self._logprobs(
-                self.model, mb["input_ids"], mb["attention_mask"], temperature, with_entropy=True
+                self.model, mb["input_ids"], mb["attention_mask"], temperature, with_entropy=True,
+                start=self._first_scored(mb),
             )
             if loss == "sft":
                 value = aggregate(-logp, mask, "token-mean", token_normalizer=tokens)
@@ -233,6 +326,19 @@ class LearnerWorker:
         result["grad_norm"] = float(grad_norm)
         return result
 
+    def _rows_to_run(self, batch, indices: np.ndarray, loss: str, hparams: dict) -> np.ndarray:
+        """Rows of `indices` whose loss can be non-zero.
+
+        With `hparams["skip_zero_advantage"]` (set by rlcore/update.py only for algorithms whose
+        spec says a zero advantage gives exactly zero loss, and without a KL loss term), rows
+        whose advantages are all zero are not run: they add nothing to the loss or gradients,
+        and the normalisers were already counted over all rows (metrics such as entropy then
+        cover the rows that ran).
+        """
+        if loss == "sft" or not hparams.get("skip_zero_advantage") or "advantages" not in batch:
+            return indices
+        return indices[np.asarray(batch["advantages"][indices] != 0).any(axis=1)]
+
     def likelihood_grad_norms(self, batch: dict[str, np.ndarray], group_ids: list[int]) -> list[float]:
         """Per group: norm of the gradient of its rows' token-mean log-likelihood (GVM's G_i).
 
@@ -247,11 +353,18 @@ class LearnerWorker:
             rows = np.flatnonzero(groups == g)
             tokens = float(batch["loss_mask"][rows].sum())
             mine = rows[self.rank :: self.world_size]
-            weight = 1.0 if len(mine) else 0.0  # a rank without rows joins the collectives at zero
             self.optimizer.zero_grad(set_to_none=True)
-            for mb in self._micro_batches(batch, mine if len(mine) else rows[:1]):
-                mask = mb["loss_mask"].float() * weight
-                logp, _ = self._logprobs(self.model, mb["input_ids"], mb["attention_mask"], 1.0)
+            plan = self._plan(batch, mine)
+            # Ranks may hold different numbers of rows: a rank out of rows joins at zero weight.
+            for k in range(self._agree(len(plan), at_least=1)):
+                if k >= len(plan):
+                    logp, _ = self._logprobs(self.model, **self._filler(), temperature=1.0)
+                    (logp.sum() * 0.0).backward()
+                    continue
+                mb = self._to_tensors(batch, plan[k])
+                mask = mb["loss_mask"].float()
+                logp, _ = self._logprobs(self.model, mb["input_ids"], mb["attention_mask"], 1.0,
+                                         start=self._first_scored(mb))
                 loss = -(logp * mask).sum() / max(tokens, 1.0)
                 (loss * self.world_size).backward()
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf"))
@@ -276,6 +389,13 @@ class LearnerWorker:
         if self.tied and "lm_head.weight" not in weights:
             weights["lm_head.weight"] = weights["model.embed_tokens.weight"]
         return weights
+
+    def weight_sync(self, action: str, *args):
+        """Collective weight push to the rollout engines ("connect", then "push" each step);
+        every rank takes part (the gather is an FSDP collective). See rollout/weight_sync.py."""
+        from rollout.weight_sync import learner_weight_sync
+
+        return learner_weight_sync(self, action, *args)
 
     def save_checkpoint(self, path: str) -> None:
         """DCP shards (model + optimizer) for exact resume, plus an HF model dir on rank 0."""
@@ -330,3 +450,99 @@ def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
             continue
         return list(module)
     return []
+
+
+# Logit elements `token_logprobs` processes at once: 64 MiB fp32 buffers (~340 positions at V = 49k).
+LOGIT_CHUNK_ELEMENTS = 1 << 24
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
+                   with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log softmax(logits / T)[target] per position ([..., V] -> [...], fp32) and, without grad,
+    the entropy of softmax(logits / T), from one logsumexp per position.
+
+    Same values as `log_softmax(logits.float() / T).gather(target)` (T = 0 or 1: no scaling),
+    but the vocabulary is processed in chunks of positions: no [N, V] copy of the logits is
+    made or kept for backward (which rebuilds softmax chunk by chunk from the saved logsumexp).
+    """
+    shape = targets.shape
+    vocab = logits.shape[-1]
+    flat = logits.reshape(-1, vocab)
+    logp, entropy = _TokenLogProbs.apply(flat, targets.reshape(-1), float(temperature), bool(with_entropy))
+    return logp.view(shape), (entropy.view(shape) if with_entropy else None)
+
+
+class _TokenLogProbs(torch.autograd.Function):
+    """Forward: per chunk of positions, d = x - max(x) (x = logits / T, in fp32) into one reused
+    buffer, logsumexp = max + log sum exp(d), entropy = log z - sum(e^d d) / z. Backward writes
+    (onehot(target) - softmax(x)) * grad / T straight into the logits' gradient."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, temperature: float, with_entropy: bool):
+        n, vocab = logits.shape
+        scaled = temperature not in (0.0, 1.0)
+        chunk = max(1, min(n, LOGIT_CHUNK_ELEMENTS // max(vocab, 1)))
+        logp = torch.empty(n, dtype=torch.float32, device=logits.device)
+        lse = torch.empty_like(logp)
+        entropy = torch.empty_like(logp) if with_entropy else logp.new_empty(0)
+        d_buf = torch.empty((chunk, vocab), dtype=torch.float32, device=logits.device)
+        e_buf = torch.empty_like(d_buf) if with_entropy else None
+        for s in range(0, n, chunk):
+            e = min(s + chunk, n)
+            x, d = logits[s:e], d_buf[: e - s]
+            if logits.dtype == torch.float32 and not scaled:
+                top = x.amax(-1)
+                torch.sub(x, top[:, None], out=d)
+            else:
+                if logits.dtype == torch.float32:
+                    torch.div(x, temperature, out=d)
+                else:
+                    d.copy_(x)
+                    if scaled:
+                        d.div_(temperature)
+                top = d.amax(-1)
+                d.sub_(top[:, None])
+            target_d = d.gather(-1, targets[s:e, None]).squeeze(-1)
+            if with_entropy:
+                p = torch.exp(d, out=e_buf[: e - s])
+                z = p.sum(-1)
+                log_z = z.log()
+                entropy[s:e] = log_z - p.mul_(d).sum(-1) / z  # -sum p log p, no cancellation
+            else:
+                log_z = d.exp_().sum(-1).log()
+            lse[s:e] = top + log_z
+            logp[s:e] = target_d - log_z
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.temperature = temperature
+        ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logp, _grad_entropy):
+        logits, targets, lse = ctx.saved_tensors
+        temperature = ctx.temperature
+        scaled = temperature not in (0.0, 1.0)
+        n, vocab = logits.shape
+        chunk = max(1, LOGIT_CHUNK_ELEMENTS // max(vocab, 1))
+        g = grad_logp.float()
+        if scaled:
+            g = g / temperature
+        grad = torch.empty_like(logits)
+        direct = logits.dtype == torch.float32  # else build each chunk in fp32, then cast
+        for s in range(0, n, chunk):
+            e = min(s + chunk, n)
+            # d logp / d x = onehot(target) - softmax(x), chained through x = logits / T.
+            if direct:
+                out, src = grad[s:e], logits[s:e]
+            else:
+                out = logits[s:e].float()
+                src = out
+            if scaled:
+                torch.div(src, temperature, out=out).sub_(lse[s:e, None])
+            else:
+                torch.sub(src, lse[s:e, None], out=out)
+            out.exp_().mul_(-g[s:e, None])
+            out.scatter_add_(-1, targets[s:e, None], g[s:e, None])
+            if not direct:
+                grad[s:e] = out
+        return grad, None, None, None

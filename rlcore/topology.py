@@ -4,6 +4,8 @@ driver (Trainer) --generate--> RolloutWorker x N (vLLM or HF engine)
                  --train/logprobs--> LearnerWorker x K (one FSDP2 process group)
                  --values/train_values--> CriticWorker x C (PPO only: its own FSDP2 group)
                  --gather_weights--> learner rank 0 --object store ref--> every RolloutWorker
+                    (rollout.weight_sync: object_store), or
+                 learner rank 0 --broadcast, own process group--> every RolloutWorker (collective)
 The driver only passes object refs for weights; it never deserialises them.
 """
 from __future__ import annotations
@@ -61,6 +63,14 @@ def _pick_rendezvous() -> tuple[str, int]:
     return ("127.0.0.1" if ip in ("127.0.0.1", "localhost") else ip), port
 
 
+def rendezvous_near(placement) -> tuple[str, int]:
+    """Address and free port on the node of `placement`'s first bundle (learner rank 0's)."""
+    options = {"num_cpus": 0}
+    if placement is not None:
+        options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement, placement_group_bundle_index=0)
+    return ray.get(_pick_rendezvous.options(**options).remote())
+
+
 def create_learner_group(cfg: ExperimentConfig, role: str = "policy", timeout_s: float = 300.0) -> tuple[list, object]:
     """K FSDP ranks packed onto as few nodes as possible (NCCL likes neighbours).
 
@@ -104,7 +114,7 @@ def create_rollout_group(cfg: ExperimentConfig) -> list:
     from rollout.worker import RolloutWorker
 
     rc = cfg.rollout
-    engine_kwargs = {"dtype": cfg.model.dtype, "seed": cfg.seed}
+    engine_kwargs = {"dtype": cfg.model.dtype, "seed": cfg.seed, "cpu_cores": list(rc.cpu_cores)}
     if rc.engine == "vllm":
         engine_kwargs.update(
             max_model_len=rc.max_model_len,

@@ -24,7 +24,7 @@ from rlcore import topology
 from rlcore.batch import build_batch
 from rlcore.config import ExperimentConfig, save_config
 from rlcore.data.source import PromptSource
-from rlcore.groups import LearnerGroup, RolloutGroup
+from rlcore.groups import LearnerGroup, RolloutGroup, make_weight_sync
 from rlcore.progress import Progress
 from rlcore.rollout_pipeline import Rollout, RolloutPipeline
 from rlcore.prompts import PromptRenderer, load_datasets
@@ -137,6 +137,8 @@ class Trainer:
         rollout_workers = topology.create_rollout_group(self.cfg)
         self.rollout = RolloutGroup(rollout_workers)  # assigned first: _close must release it
         self.learners = LearnerGroup(*topology.create_learner_group(self.cfg))
+        on_gpus = self.cfg.learner.gpus_per_rank > 0 and self.cfg.rollout.gpus_per_worker > 0
+        self.weight_sync = make_weight_sync(self.cfg.rollout.weight_sync, self.learners, self.rollout, on_gpus)
         if self.spec.needs_critic:
             self.critic = LearnerGroup(*topology.create_learner_group(self.cfg, role="critic"))
         self.tools = ToolRunner(self.cfg.tools, self.rollout.generate, self.tokenizer) if self.cfg.tools.enabled else None
@@ -375,9 +377,7 @@ class Trainer:
 
     def _sync_weights(self, check: bool, sequences: list[list[int]] | None = None) -> float | None:
         """Push learner weights to every engine, then measure how far their log-probs differ."""
-        ref = self.learners.gather_weights()
-        self.rollout.update_weights(ref, self.step)
-        del ref
+        self.last_sync = self.weight_sync.push(self.step)  # timings: gather, transfer, load
         if not check or not sequences:
             return None
         ours = self.learners.sequence_logprobs(sequences)

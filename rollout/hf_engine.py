@@ -1,6 +1,8 @@
 """transformers `generate` as a rollout engine: no vLLM needed, any HF causal LM works."""
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 
@@ -66,9 +68,12 @@ class HFEngine(Engine):
         return completions
 
     @torch.no_grad()
-    def load_weights(self, weights: dict[str, np.ndarray]) -> None:
-        validate_weights(weights, self.expected, self.tied)
-        state = {k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()}
+    def load_weights(self, weights: Mapping[str, np.ndarray | torch.Tensor]) -> None:
+        """Numpy arrays (object store) or tensors (rollout/weight_sync.py's receive buffers)."""
+        from rollout.weight_sync import shapes_of
+
+        validate_weights(shapes_of(weights), self.expected, self.tied)
+        state = {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.asarray(v)) for k, v in weights.items()}
         self.model.load_state_dict(state, strict=False)
 
     @torch.no_grad()

@@ -8,8 +8,10 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Mapping
 
 import numpy as np
+import torch
 
 from rollout.engine import Completion, Engine, Request, SamplingConfig, validate_weights
 
@@ -60,6 +62,7 @@ class VLLMEngine(Engine):
         )
         self.tokenizer = self.llm.get_tokenizer()
         self._expected, self._tied = _expected_shapes(model_path)
+        self._fast_reload = None  # set by the first load_weights
         # After LLM(): building the engine runs vLLM's logging dictConfig, which resets the
         # levels of its child loggers (a setLevel made before it is lost).
         self.reload_log_filter = install_reload_log_filter(self._computed_only_layers())
@@ -106,16 +109,34 @@ class VLLMEngine(Engine):
             completions.append(Completion(ids, lps, finish))
         return completions
 
-    def load_weights(self, weights: dict[str, np.ndarray]) -> None:
-        import torch
+    def load_weights(self, weights: Mapping[str, np.ndarray | torch.Tensor]) -> None:
+        """Numpy arrays (object store) or tensors (rollout/weight_sync.py, read lazily so that
+        loading starts while later buckets are still arriving)."""
+        from rollout.weight_sync import shapes_of
 
-        validate_weights(weights, self._expected, self._tied)
-        with warnings.catch_warnings():  # arrays from the object store are read-only; vLLM copies
-            warnings.simplefilter("ignore", UserWarning)
-            items = [(name, torch.from_numpy(np.asarray(arr))) for name, arr in weights.items()]
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(items)})
+        validate_weights(shapes_of(weights), self._expected, self._tied)
+        items = ((name, _as_tensor(value)) for name, value in weights.items())
+        fast = self._inplace_reload()
+        if fast is not None:
+            self.llm.apply_model(lambda model: fast.load(model, items))
+        else:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items})
         # Cached KV blocks were computed with the old weights: reusing them would be wrong.
         self.llm.reset_prefix_cache()
+
+    def _inplace_reload(self):
+        """rollout/vllm_cpu_reload.py's fast path when it supports this model (decided once);
+        RLCORE_VLLM_RELOAD=vllm forces vLLM's own reload_weights."""
+        if self._fast_reload is None:
+            self._fast_reload = False
+            if os.environ.get("RLCORE_VLLM_RELOAD", "fast") != "vllm":
+                from rollout.vllm_cpu_reload import UnsupportedModel, make_inplace_reload
+
+                try:
+                    self._fast_reload = self.llm.apply_model(make_inplace_reload)[0]
+                except UnsupportedModel as exc:
+                    logging.getLogger(__name__).info("weight updates use vLLM's reload_weights: %s", exc)
+        return self._fast_reload or None
 
     def sequence_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
         from vllm import SamplingParams
@@ -135,6 +156,14 @@ class VLLMEngine(Engine):
         engine_core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
         if engine_core is not None:
             engine_core.shutdown()
+
+
+def _as_tensor(value):
+    if isinstance(value, torch.Tensor):
+        return value
+    with warnings.catch_warnings():  # arrays from the object store are read-only; vLLM copies
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.asarray(value))
 
 
 def _expected_shapes(model_path: str) -> tuple[dict[str, tuple[int, ...]], bool]:

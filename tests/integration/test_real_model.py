@@ -67,6 +67,7 @@ def test_logprob_check_fires_when_the_engine_gets_other_weights(ray_cluster, smo
     import ray
 
     trainer = Trainer(_config(smollm2, tmp_path))
+    trainer.cfg.rollout.weight_sync = "object_store"  # the perturbation below replaces gather_weights
     trainer._start_workers()
     try:
         seqs = [trainer.renderer.ids(r) + trainer.tokenizer("3 + 4 = 7", add_special_tokens=False)["input_ids"]

@@ -492,6 +492,7 @@ def test_algorithm_specs():
     assert spec == AlgorithmSpec(
         name="grpo", advantage="grpo", policy_loss="clipped",
         needs_reference=False, needs_critic=False, needs_old_logprobs=True,
+        zero_advantage_has_zero_loss=True,
     )
     assert get_algorithm("grpo")(SimpleNamespace(kl_coef=0.01)).needs_reference
     dr = get_algorithm("drgrpo")(SimpleNamespace(kl_coef=0.0))

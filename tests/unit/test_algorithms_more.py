@@ -437,6 +437,7 @@ def test_new_algorithm_specs():
     assert get_algorithm("nft")(off) == AlgorithmSpec(
         name="nft", advantage="nft", policy_loss="nft", needs_reference=False,
         needs_critic=False, needs_old_logprobs=True, drop_zero_advantage=True,
+        advantage_weighting_exact=False,
     )
     raft = get_algorithm("raft")(off)
     assert (raft.advantage, raft.policy_loss, raft.needs_old_logprobs, raft.drop_zero_advantage) == ("raft", "nll", False, True)

@@ -1,0 +1,319 @@
+"""The learner's fast update path (completion-only LM head, chunked log-softmax, token-budget
+micro-batches, skipped zero-advantage rows) gives the loss and gradients of the plain path: one
+full-batch forward over every position of an unsharded copy of the model, log_softmax of the
+whole [B, L-1, V] logits, the policy loss with its global normalisers."""
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from algorithms import AGG_MODES, PolicyLossInput, aggregate, get_policy_loss
+from rlcore import learner as learner_mod
+from rlcore.batch import build_batch
+from rlcore.learner import token_logprobs
+
+RTOL = 1e-5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------ token_logprobs
+
+
+def _plain(logits, targets, temperature):
+    x = logits.float()
+    if temperature not in (0.0, 1.0):
+        x = x / temperature
+    lse = torch.logsumexp(x, -1)
+    logp = x.gather(-1, targets[..., None])[..., 0] - lse
+    x64 = x.detach().double()  # entropy in float64: the fp32 lse - sum(p x) of the old path cancels
+    return logp, -(torch.softmax(x64, -1) * torch.log_softmax(x64, -1)).sum(-1).float()
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 1.3, 0.0])
+@pytest.mark.parametrize("chunk", [1 << 24, 300])  # one chunk, or several (and a ragged last one)
+def test_token_logprobs_value_grad_and_entropy_match_log_softmax(monkeypatch, temperature, chunk):
+    monkeypatch.setattr(learner_mod, "LOGIT_CHUNK_ELEMENTS", chunk)
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(3, 7, 101, generator=g) * 4).requires_grad_()
+    targets = torch.randint(0, 101, (3, 7), generator=g)
+    upstream = torch.randn(3, 7, generator=g)
+    ref_logits = logits.detach().clone().requires_grad_()
+    ref_logp, ref_ent = _plain(ref_logits, targets, temperature)
+    (ref_logp * upstream).sum().backward()
+    logp, ent = token_logprobs(logits, targets, temperature, with_entropy=True)
+    (logp * upstream).sum().backward()
+    torch.testing.assert_close(logp, ref_logp, rtol=RTOL, atol=1e-6)
+    torch.testing.assert_close(ent, ref_ent, rtol=RTOL, atol=1e-6)
+    torch.testing.assert_close(logits.grad, ref_logits.grad, rtol=RTOL, atol=1e-7)
+    assert not ent.requires_grad
+    assert token_logprobs(logits, targets, temperature)[1] is None
+
+
+def test_token_logprobs_on_bf16_logits_returns_fp32_and_bf16_grads():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(5, 64, generator=g).bfloat16().requires_grad_()
+    targets = torch.randint(0, 64, (5,), generator=g)
+    ref_logits = logits.detach().clone().requires_grad_()
+    ref_logp, _ = _plain(ref_logits, targets, 0.8)
+    ref_logp.sum().backward()
+    logp, _ = token_logprobs(logits, targets, 0.8)
+    logp.sum().backward()
+    assert logp.dtype == torch.float32 and logits.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(logp, ref_logp, rtol=RTOL, atol=1e-6)
+    torch.testing.assert_close(logits.grad.float(), ref_logits.grad.float(), rtol=1e-2, atol=1e-3)
+
+
+# ------------------------------------------------------------------ learner (world size 1)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from rlcore.tiny_model import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("fast_update") / "llama", arch="llama", seed=3,
+                                hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                                intermediate_size=128))
+
+
+def _learner_cfg(model_dir: str, **learner) -> dict:
+    from rlcore.config import config_from_dict
+
+    lc = {"num_ranks": 1, "micro_batch_size": 64, "num_threads": 1, "grad_clip": 1e9, **learner}
+    return config_from_dict({"model": {"path": model_dir}, "learner": lc}).to_dict()
+
+
+@pytest.fixture(scope="module")
+def learner(model_dir):
+    from rlcore.learner import LearnerWorker
+
+    worker = LearnerWorker(0, 1, "127.0.0.1", _free_port(), _learner_cfg(model_dir))
+    yield worker
+    worker.shutdown()
+
+
+@pytest.fixture(scope="module")
+def plain_model(model_dir, learner):
+    from rollout.model_io import load_causal_lm
+
+    model, _ = load_causal_lm(model_dir, "float32", "cpu", learner.cfg["model"]["attn_implementation"])
+    return model
+
+
+def _batch(seed: int, rows: int = 10, vocab: int = 300, prompt_lens=(3, 14), completion_lens=(1, 9)):
+    """Rows with mixed prompt and completion lengths (right padding), some masked-out tokens."""
+    rng = np.random.default_rng(seed)
+    prompts = [rng.integers(4, vocab, rng.integers(*prompt_lens)).tolist() for _ in range(rows)]
+    completions = [rng.integers(4, vocab, rng.integers(*completion_lens)).tolist() for _ in range(rows)]
+    masks = [[1] * len(c) for c in completions]
+    masks[1] = [1] + [0] * (len(completions[1]) - 1)  # a tool-output-like gap
+    return build_batch(prompts, completions, pad_id=3, response_masks=masks)
+
+
+def _policy_batch(plain_model, batch, temperature, seed, zero_rows=()):
+    """old_logp = the model's own log-probs plus noise (ratios != 1, some clipped), ref_logp
+    likewise, advantages per row with `zero_rows` at exactly 0."""
+    rng = np.random.default_rng(seed)
+    lp, _ = _reference_logp(plain_model, batch, temperature)
+    mask = batch["loss_mask"]
+    out = dict(batch)
+    lp = lp.detach().numpy()
+    out["old_logp"] = ((lp + rng.normal(0, 0.3, lp.shape)) * mask).astype(np.float32)
+    out["ref_logp"] = ((lp + rng.normal(0, 0.3, lp.shape)) * mask).astype(np.float32)
+    adv = rng.normal(0, 1, len(mask)).astype(np.float32)
+    adv[list(zero_rows)] = 0.0
+    out["advantages"] = (adv[:, None] * mask).astype(np.float32)
+    return out
+
+
+def _reference_logp(model, batch, temperature):
+    """The unoptimised path: every position through the LM head, full log-softmax."""
+    ids = torch.from_numpy(batch["input_ids"])
+    att = torch.from_numpy(batch["attention_mask"])
+    logits = model(input_ids=ids, attention_mask=att, use_cache=False).logits[:, :-1].float()
+    if temperature not in (0.0, 1.0):
+        logits = logits / temperature
+    return torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0], att
+
+
+def _reference_step(model, batch, loss: str, hparams: dict):
+    model.zero_grad(set_to_none=True)
+    logp, _ = _reference_logp(model, batch, hparams.get("temperature", 1.0))
+    mask = torch.from_numpy(batch["loss_mask"])
+    tokens, seqs = float(mask.sum()), float((mask.sum(1) > 0).sum())
+    if loss == "sft":
+        value = aggregate(-logp, mask, "token-mean", token_normalizer=tokens)
+    else:
+        t = {k: torch.from_numpy(batch[k]) for k in ("old_logp", "advantages", "ref_logp")}
+        value = get_policy_loss(loss)(PolicyLossInput(
+            logp=logp, old_logp=t["old_logp"], advantages=t["advantages"], mask=mask, ref_logp=t["ref_logp"],
+            clip_low=hparams["clip_low"], clip_high=hparams["clip_high"], dual_clip_c=hparams.get("dual_clip_c"),
+            kl_coef=hparams.get("kl_coef", 0.0), agg_mode=hparams.get("loss_agg", "token-mean"),
+            token_normalizer=tokens, seq_normalizer=seqs, max_tokens=hparams.get("max_tokens"), options=hparams,
+        )).loss
+    value.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    return float(value.detach()), grads
+
+
+def _learner_grads(learner) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, p in learner.model.named_parameters():
+        grad = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
+        out[name] = grad.detach().clone()
+    return out
+
+
+def _assert_same(learner, metrics, ref_loss, ref_grads):
+    assert metrics["train/loss"] == pytest.approx(ref_loss, rel=RTOL, abs=1e-7)
+    ours = _learner_grads(learner)
+    assert set(ours) == set(ref_grads)
+    for name, g in ref_grads.items():
+        scale = float(g.abs().max()) or 1.0
+        torch.testing.assert_close(ours[name], g, rtol=RTOL, atol=RTOL * scale, msg=name)
+
+
+def _train(learner, batch, loss, hparams, **learner_cfg):
+    saved = dict(learner.cfg["learner"])
+    learner.cfg["learner"].update(learner_cfg)
+    try:
+        return learner.train(batch, loss, {"lr": 0.0, "mini_batches": 1, "epochs": 1, **hparams})
+    finally:
+        learner.cfg["learner"].clear()
+        learner.cfg["learner"].update(saved)
+
+
+HP = {"clip_low": 0.2, "clip_high": 0.28, "max_tokens": 8}
+LAYOUTS = {  # today's rows-per-pass path, and token budgets that give one row / several rows per pass
+    "rows3": {"micro_batch_size": 3, "micro_batch_tokens": 0},
+    "tokens1": {"micro_batch_tokens": 1},
+    "tokens40": {"micro_batch_tokens": 40},
+}
+
+
+@pytest.mark.parametrize("agg", AGG_MODES)
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_policy_loss_and_grads_match_plain_path(learner, plain_model, agg, layout):
+    batch = _policy_batch(plain_model, _batch(seed=11), temperature=0.7, seed=5, zero_rows=(2, 6))
+    hp = {**HP, "loss_agg": agg, "temperature": 0.7, "dual_clip_c": 3.0}
+    ref = _reference_step(plain_model, batch, "clipped", hp)
+    for skip in (False, True):
+        metrics = _train(learner, batch, "clipped", {**hp, "skip_zero_advantage": skip}, **LAYOUTS[layout])
+        _assert_same(learner, metrics, *ref)
+
+
+def test_kl_loss_and_sft_match_plain_path(learner, plain_model):
+    batch = _policy_batch(plain_model, _batch(seed=12), temperature=1.3, seed=6, zero_rows=(0,))
+    hp = {**HP, "kl_coef": 0.1, "temperature": 1.3, "loss_agg": "seq-mean-token-mean"}
+    ref = _reference_step(plain_model, batch, "clipped", hp)
+    _assert_same(learner, _train(learner, batch, "clipped", hp, micro_batch_tokens=50), *ref)
+    ref = _reference_step(plain_model, batch, "sft", {})
+    _assert_same(learner, _train(learner, batch, "sft", {"skip_zero_advantage": True}, micro_batch_tokens=50), *ref)
+
+
+def test_skipping_runs_fewer_rows_and_all_zero_batch_still_steps(learner, plain_model, monkeypatch):
+    batch = _policy_batch(plain_model, _batch(seed=13), temperature=1.0, seed=7, zero_rows=range(10))
+    seen = []
+    original = learner._to_tensors
+    monkeypatch.setattr(learner, "_to_tensors", lambda b, idx: seen.append(len(idx)) or original(b, idx))
+    metrics = _train(learner, batch, "clipped", {**HP, "skip_zero_advantage": True}, micro_batch_tokens=40)
+    assert seen == [] and metrics["train/loss"] == 0.0  # one zero-weight filler pass only
+    grads = _learner_grads(learner)
+    assert all(float(g.abs().max()) == 0.0 for g in grads.values())  # zero, not None: AdamW steps as usual
+    batch["advantages"][4] = batch["loss_mask"][4]
+    seen.clear()
+    _train(learner, batch, "clipped", {**HP, "skip_zero_advantage": True}, micro_batch_tokens=40)
+    assert seen == [1]
+
+
+def test_compute_logprobs_all_and_loss_positions(learner, plain_model):
+    batch = _batch(seed=14)
+    ref, att = _reference_logp(plain_model, batch, 0.7)
+    ref = (ref * att[:, 1:]).detach().numpy()
+    mask = batch["loss_mask"]
+    for name, layout in LAYOUTS.items():
+        saved = dict(learner.cfg["learner"])
+        learner.cfg["learner"].update(layout)
+        try:
+            full = learner.compute_logprobs(batch, 0.7)
+            scored = learner.compute_logprobs(batch, 0.7, positions="loss")
+        finally:
+            learner.cfg["learner"].update(saved)
+        np.testing.assert_allclose(full, ref, rtol=RTOL, atol=1e-5)
+        np.testing.assert_allclose(scored * (mask > 0), ref * (mask > 0), rtol=RTOL, atol=1e-5)
+        if name == "tokens1":  # one row per pass: nothing before its own first trained position
+            first = np.argmax(mask > 0, axis=1)
+            assert all((scored[i, : first[i]] == 0).all() for i in range(len(mask)))
+            assert all((full[i, : first[i]] != 0).all() for i in range(len(mask)))
+    ref, _ = _reference_logp(plain_model, batch, 1.0)  # sequence_logprobs: every token, T = 1
+    seqs = [batch["input_ids"][i, : batch["attention_mask"][i].sum()].tolist() for i in range(3)]
+    for i, lp in enumerate(learner.sequence_logprobs(seqs)):
+        np.testing.assert_allclose(lp, ref[i, : len(seqs[i]) - 1].detach().numpy(), rtol=RTOL, atol=1e-5)
+
+
+def test_token_plan_sorts_by_length_and_respects_the_budget(learner):
+    batch = _batch(seed=15, rows=12)
+    lengths = batch["attention_mask"].sum(1)
+    saved = dict(learner.cfg["learner"])
+    learner.cfg["learner"]["micro_batch_tokens"] = 30
+    try:
+        plan = learner._plan(batch, np.arange(12))
+    finally:
+        learner.cfg["learner"].update(saved)
+    assert sorted(np.concatenate(plan).tolist()) == list(range(12))
+    for part in plan:
+        assert len(part) == 1 or len(part) * lengths[part].max() <= 30
+    widths = [lengths[p].max() for p in plan]
+    assert widths == sorted(widths, reverse=True)
+    assert [len(p) for p in learner._plan(batch, np.arange(12))] == [12]  # budget 0: micro_batch_size rows
+
+
+def test_update_builder_marks_zero_advantage_skipping_by_spec_and_kl():
+    from algorithms import get_algorithm
+    from rlcore.config import config_from_dict
+    from rlcore.update import UpdateBuilder
+
+    def builder(**algo):
+        cfg = config_from_dict({"model": {"path": "x"}, "algorithm": algo})
+        return UpdateBuilder(cfg, get_algorithm(cfg.algorithm.name)(cfg.algorithm), pad_id=0)
+
+    assert builder(name="grpo").hparams()["skip_zero_advantage"] is True
+    assert builder(name="drgrpo").hparams()["skip_zero_advantage"] is True
+    assert builder(name="grpo", kl_coef=0.1).hparams()["skip_zero_advantage"] is False
+    assert builder(name="grpo", kl_coef=0.1, kl_mode="reward").hparams()["skip_zero_advantage"] is True
+    assert builder(name="nft").hparams()["skip_zero_advantage"] is False  # its loss is not zero at A = 0
+
+
+def test_update_builder_counts_skipped_rows_and_asks_for_trained_positions_only():
+    from tests.unit.test_update import FakeLearners, build, cfg, groups
+
+    batch, metrics, _ = build(cfg(name="grpo"), [[1, 0, 0], [1, 1, 1]])
+    assert metrics["samples/skipped_zero_adv"] == 3 and metrics["samples/trained"] == 6
+    assert not batch["advantages"][3:6].any() and batch["loss_mask"][3:6].any()
+    _, metrics, _ = build(cfg(name="grpo", kl_coef=0.1), [[1, 0, 0], [1, 1, 1]])
+    assert "samples/skipped_zero_adv" not in metrics  # a KL loss term: every row has a loss
+
+    class ShardedFake(FakeLearners):  # LearnerGroup's map_shards, on 2 ranks
+        def map_shards(self, method, batch, *args):
+            self.calls.append((method, args))
+            half = len(batch["input_ids"]) // 2
+            return [getattr(self, method)({k: v[s] for k, v in batch.items()}, *args[:2])
+                    for s in (slice(0, half), slice(half, None))]
+
+    from algorithms import get_algorithm
+    from rlcore.update import UpdateBuilder
+
+    c = cfg(name="grpo", kl_coef=0.1)
+    learners = ShardedFake()
+    spec = get_algorithm("grpo")(c.algorithm)
+    batch, _ = UpdateBuilder(c, spec, pad_id=0).build(groups([[1, 0, 0], [1, 1, 0]]), learners)
+    assert [call for call in learners.calls if call[0] == "compute_logprobs"] == [
+        ("compute_logprobs", (1.0, True, "loss"))]
+    assert batch["ref_logp"].shape == batch["loss_mask"].shape
