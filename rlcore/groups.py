@@ -24,11 +24,10 @@ class LearnerGroup:
         results = ray.get([w.train.remote(s, loss, hparams) for w, s in zip(self.workers, shards)])
         return reduce_rank_metrics(results)
 
-    def compute_logprobs(self, batch: dict[str, np.ndarray], temperature: float = 1.0, reference: bool = False) -> np.ndarray:
-        shards = shard_batch(batch, len(self.workers))
-        parts = ray.get(
-            [w.compute_logprobs.remote(s, temperature, reference) for w, s in zip(self.workers, shards)]
-        )
+    def compute_logprobs(self, batch: dict[str, np.ndarray], temperature: float = 1.0, reference: bool = False,
+                         positions: str = "all") -> np.ndarray:
+        """Per-token log-probs [B, L-1]; positions="loss" skips the LM head before the trained tokens."""
+        parts = self.map_shards("compute_logprobs", batch, temperature, reference, positions)
         return np.concatenate(parts, axis=0)
 
     def map_shards(self, method: str, batch: dict[str, np.ndarray], *args) -> list:

@@ -52,15 +52,7 @@ class UpdateBuilder:
         exactly zero and no KL loss term is active (they still count in the normalisers)."""
         algo = self.cfg.algorithm
         kl_loss = algo.kl_mode == "loss" and algo.kl_coef > 0
-        return bool(getattr(self.spec, "zero_advantage_has_zero_loss", False)) and not kl_loss
-
-    def _logprobs(self, learners, batch: dict, temperature: float, reference: bool = False) -> np.ndarray:
-        """Log-probs at the trained positions ([B, L-1], zeros before each micro-batch's first
-        loss_mask position): all the losses read, and the LM head skips the prompts."""
-        if hasattr(learners, "map_shards"):  # LearnerGroup; stand-ins in tests have compute_logprobs only
-            parts = learners.map_shards("compute_logprobs", batch, temperature, reference, "loss")
-            return np.concatenate(parts, axis=0)
-        return learners.compute_logprobs(batch, temperature, reference)
+        return self.spec.zero_advantage_has_zero_loss and not kl_loss
 
     def build(self, groups, learners, critic=None) -> tuple[dict | None, dict]:
         """The padded learner batch (None if no sample carries signal) and its metrics."""
@@ -85,9 +77,9 @@ class UpdateBuilder:
         kl_in_reward = spec.needs_reference and algo.kl_mode == "reward"
         off_policy = cfg.rollout.max_staleness > 0  # weights need the learner's own log-probs
         if off_policy or (spec.needs_old_logprobs and (multi_pass or kl_in_reward or spec.needs_critic)):
-            batch["old_logp"] = self._logprobs(learners, batch, temperature)
+            batch["old_logp"] = learners.compute_logprobs(batch, temperature, positions="loss")
         if spec.needs_reference:
-            batch["ref_logp"] = self._logprobs(learners, batch, temperature, reference=True)
+            batch["ref_logp"] = learners.compute_logprobs(batch, temperature, reference=True, positions="loss")
 
         rewards = torch.tensor([float(r.score) for r in results], dtype=torch.float32)
         penalty = torch.zeros_like(mask)

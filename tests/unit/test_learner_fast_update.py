@@ -300,12 +300,12 @@ def test_update_builder_counts_skipped_rows_and_asks_for_trained_positions_only(
     _, metrics, _ = build(cfg(name="grpo", kl_coef=0.1), [[1, 0, 0], [1, 1, 1]])
     assert "samples/skipped_zero_adv" not in metrics  # a KL loss term: every row has a loss
 
-    class ShardedFake(FakeLearners):  # LearnerGroup's map_shards, on 2 ranks
-        def map_shards(self, method, batch, *args):
-            self.calls.append((method, args))
+    class ShardedFake(FakeLearners):  # LearnerGroup.compute_logprobs, on 2 ranks
+        def compute_logprobs(self, batch, temperature=1.0, reference=False, positions="all"):
+            self.calls.append(("compute_logprobs", (temperature, reference, positions)))
             half = len(batch["input_ids"]) // 2
-            return [getattr(self, method)({k: v[s] for k, v in batch.items()}, *args[:2])
-                    for s in (slice(0, half), slice(half, None))]
+            return np.concatenate([FakeLearners.compute_logprobs(self, {k: v[s] for k, v in batch.items()}, temperature)
+                                   for s in (slice(0, half), slice(half, None))], axis=0)
 
     from algorithms import get_algorithm
     from rlcore.update import UpdateBuilder

@@ -19,7 +19,7 @@ class FakeLearners:
     def __init__(self):
         self.calls = []
 
-    def compute_logprobs(self, batch, temperature, reference=False):
+    def compute_logprobs(self, batch, temperature, reference=False, positions="all"):
         self.calls.append(("ref" if reference else "old", len(batch["input_ids"])))
         return np.full(batch["loss_mask"].shape, -1.0 if reference else -0.5, dtype=np.float32)
 
