@@ -144,6 +144,8 @@ def reduce_rank_metrics(results: list[dict[str, float]]) -> dict[str, float]:
             out[key] = float(sum(values))
         elif key.endswith("_max") or key.startswith("time/"):
             out[key] = float(max(values))
+        elif key.endswith("_min"):
+            out[key] = float(min(values))
         else:
             out[key] = float(np.mean(values))
     return out

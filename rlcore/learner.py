@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from algorithms import PolicyLossInput, aggregate, get_policy_loss
+from algorithms.off_policy import truncated_is_weights
 from rlcore.cpu_pinning import pin_to_cores
 from rollout.model_io import DTYPES, load_causal_lm
 
@@ -247,7 +248,8 @@ class LearnerWorker:
                 for k, v in metrics.items():
                     totals[k] = totals.get(k, 0.0) + v
                 count += 1
-        out = {f"train/{k}": v / count for k, v in totals.items()}
+        # Keys that already name their section ("async/is_weight_mean") keep it.
+        out = {(k if "/" in k else f"train/{k}"): v / count for k, v in totals.items()}
         out["time/update_rank_s"] = time.perf_counter() - t0
         return out
 
@@ -284,11 +286,17 @@ class LearnerWorker:
                 value = aggregate(-logp, mask, "token-mean", token_normalizer=tokens)
                 metrics = {"nll": float((-logp.detach() * mask).sum() / mask.sum().clamp(min=1))}
             else:
+                advantages, is_metrics = mb["advantages"], {}
+                if hparams.get("tis_cap") is not None:
+                    # Asynchronous rollout, single pass: pi_old is this very forward (rlcore/update.py).
+                    tis, is_metrics = truncated_is_weights(logp.detach(), mb["rollout_logp"], mask,
+                                                           hparams["tis_cap"])
+                    advantages = advantages * tis
                 out = get_policy_loss(loss)(
                     PolicyLossInput(
                         logp=logp,
                         old_logp=mb["old_logp"] if "old_logp" in mb else logp.detach(),
-                        advantages=mb["advantages"],
+                        advantages=advantages,
                         mask=mask,
                         ref_logp=mb.get("ref_logp"),
                         clip_low=hparams["clip_low"],
@@ -304,7 +312,7 @@ class LearnerWorker:
                         options=hparams,
                     )
                 )
-                value, metrics = out.loss, dict(out.metrics)
+                value, metrics = out.loss, {**out.metrics, **is_metrics}
                 if "rollout_logp" in mb:
                     diff = (logp.detach() - mb["rollout_logp"]).abs() * mask
                     metrics["rollout_logp_diff_max"] = float(diff.max())
@@ -317,12 +325,15 @@ class LearnerWorker:
             for k, v in metrics.items():
                 if k.endswith("_max"):
                     sums[k] = max(sums.get(k, -np.inf), v)
+                elif k.endswith("_min"):
+                    sums[k] = min(sums.get(k, np.inf), v)
                 else:
                     sums[k] = sums.get(k, 0.0) + v * w
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["learner"]["grad_clip"])
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         self.optimizer.step()
-        result = {k: (v if (k.endswith("_max") or k == "loss") else v / max(weights, 1.0)) for k, v in sums.items()}
+        result = {k: (v if (k.endswith(("_max", "_min")) or k == "loss") else v / max(weights, 1.0))
+                  for k, v in sums.items()}
         result["grad_norm"] = float(grad_norm)
         return result
 

@@ -325,7 +325,8 @@ class Trainer:
         check = [p + c.token_ids for p, c in samples[: cfg.trainer.logprob_check_sequences]]
         mismatch = self._sync_weights(check=True, sequences=check)
         self.version = self.step
-        timings["time/sync_s"] = time.perf_counter() - t
+        timings["time/sync_s"] = time.perf_counter() - t  # push and the log-prob check
+        timings.update(self.last_sync)  # the push's own phases: time/sync_gather_s, ..._load_s, ..._total_s
         timings["time/step_s"] = time.perf_counter() - t_step
         if cfg.rollout.max_staleness:
             # The background batch's phases overlap the update; what the trainer waited for is the cost.

@@ -45,7 +45,19 @@ class UpdateBuilder:
         if algo.kl_mode == "reward":
             hp["kl_coef"] = 0.0  # the penalty is already in the rewards
         hp["skip_zero_advantage"] = self.skips_zero_advantage()
+        hp["tis_cap"] = rc.tis_cap if self.tis_in_learner() else None
         return hp
+
+    def tis_in_learner(self) -> bool:
+        """Asynchronous single-pass updates take the TIS weights from the training forward itself
+        (the learner's log-probs before its only optimiser step), saving a whole forward pass.
+        Multi-pass updates, and algorithms that need pi_old here anyway, weight in build()."""
+        cfg, spec = self.cfg, self.spec
+        if cfg.rollout.max_staleness == 0:
+            return False
+        multi_pass = cfg.learner.mini_batches > 1 or cfg.learner.epochs > 1
+        kl_in_reward = spec.needs_reference and cfg.algorithm.kl_mode == "reward"
+        return not (multi_pass or (spec.needs_old_logprobs and (kl_in_reward or spec.needs_critic)))
 
     def skips_zero_advantage(self) -> bool:
         """The learners may skip rows whose advantages are all zero: the spec says their loss is
@@ -75,8 +87,9 @@ class UpdateBuilder:
         temperature = cfg.rollout.temperature
         multi_pass = cfg.learner.mini_batches > 1 or cfg.learner.epochs > 1
         kl_in_reward = spec.needs_reference and algo.kl_mode == "reward"
-        off_policy = cfg.rollout.max_staleness > 0  # weights need the learner's own log-probs
-        if off_policy or (spec.needs_old_logprobs and (multi_pass or kl_in_reward or spec.needs_critic)):
+        # Off-policy weights need the learner's own log-probs, unless the learner takes them itself.
+        weight_here = cfg.rollout.max_staleness > 0 and not self.tis_in_learner()
+        if weight_here or (spec.needs_old_logprobs and (multi_pass or kl_in_reward or spec.needs_critic)):
             batch["old_logp"] = learners.compute_logprobs(batch, temperature, positions="loss")
         if spec.needs_reference:
             batch["ref_logp"] = learners.compute_logprobs(batch, temperature, reference=True, positions="loss")
@@ -116,7 +129,7 @@ class UpdateBuilder:
                     extra = np.zeros_like(batch["loss_mask"])
                     extra[:n] = (value.float()[:, None] * mask).numpy()
                     batch[f"extra/{name}"] = extra
-        if off_policy:
+        if weight_here:
             weights, is_metrics = truncated_is_weights(torch.from_numpy(batch["old_logp"][:n]),
                                                        torch.from_numpy(batch["rollout_logp"][:n]), mask,
                                                        cfg.rollout.tis_cap)

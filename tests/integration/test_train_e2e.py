@@ -32,7 +32,8 @@ def test_grpo_steps_with_weight_sync_and_logprob_check(ray_cluster, make_config)
         # Rollout (vLLM) and learner (FSDP) agree on the same tokens after every sync.
         assert row["sync/logprob_diff_max"] < 1e-3
         assert row["train/rollout_logp_diff_max"] < 1e-3
-        for key in ("time/generate_s", "time/reward_s", "time/update_s", "time/sync_s", "throughput/gen_tokens_per_s"):
+        for key in ("time/generate_s", "time/reward_s", "time/update_s", "time/sync_s", "time/sync_gather_s",
+                    "time/sync_load_s", "time/sync_total_s", "throughput/gen_tokens_per_s"):
             assert row[key] > 0
         assert row["train/grad_norm"] > 0
     assert (cfg.run_dir / "checkpoints" / "step_2" / "model" / "model.safetensors").is_file()

@@ -317,3 +317,52 @@ def test_update_builder_counts_skipped_rows_and_asks_for_trained_positions_only(
     assert [call for call in learners.calls if call[0] == "compute_logprobs"] == [
         ("compute_logprobs", (1.0, True, "loss"))]
     assert batch["ref_logp"].shape == batch["loss_mask"].shape
+
+
+@pytest.mark.parametrize("layout", ["rows3", "tokens40"])
+def test_async_tis_from_the_training_forward_matches_weighting_the_advantages(learner, plain_model, layout):
+    """Single-pass asynchronous updates: the learner weights each token's advantage by
+    min(pi / mu, cap) using its own training forward; that is the plain path with advantages
+    weighted beforehand and pi_old = pi (what rlcore/update.py did with an extra forward)."""
+    from algorithms.off_policy import truncated_is_weights
+
+    rng = np.random.default_rng(9)
+    batch = _policy_batch(plain_model, _batch(seed=16), temperature=0.7, seed=8, zero_rows=(3,))
+    del batch["old_logp"]
+    lp, _ = _reference_logp(plain_model, batch, 0.7)
+    lp = lp.detach()
+    mask = torch.from_numpy(batch["loss_mask"])
+    batch["rollout_logp"] = ((lp.numpy() + rng.normal(0, 0.4, lp.shape)) * batch["loss_mask"]).astype(np.float32)
+    cap = 1.5
+    weights, expected = truncated_is_weights(lp, torch.from_numpy(batch["rollout_logp"]), mask, cap)
+    assert 0 < expected["async/is_clipped_frac"] < 1  # some weights capped, some not
+    weighted = dict(batch, old_logp=(lp * mask).numpy(), advantages=batch["advantages"] * weights.numpy())
+    hp = {**HP, "temperature": 0.7, "tis_cap": cap, "skip_zero_advantage": False}
+    ref = _reference_step(plain_model, weighted, "clipped", hp)
+    metrics = _train(learner, batch, "clipped", hp, **LAYOUTS[layout])
+    _assert_same(learner, metrics, *ref)
+    for key in ("async/is_weight_mean", "async/is_clipped_frac", "async/is_weight_max", "async/is_weight_min"):
+        assert metrics[key] == pytest.approx(expected[key], rel=1e-4), key
+
+
+def test_update_builder_leaves_tis_to_the_learner_only_for_single_pass_updates():
+    from algorithms import get_algorithm
+    from rlcore.config import config_from_dict
+    from rlcore.update import UpdateBuilder
+    from tests.unit.test_update import FakeLearners, groups
+
+    def run(**learner):
+        c = config_from_dict({"model": {"path": "x"}, "learner": {"num_ranks": 2, **learner},
+                              "rollout": {"prompts_per_step": 2, "n_samples": 3, "max_staleness": 1, "tis_cap": 2.0},
+                              "algorithm": {"name": "grpo"}})
+        builder = UpdateBuilder(c, get_algorithm("grpo")(c.algorithm), pad_id=0)
+        learners = FakeLearners()
+        batch, metrics = builder.build(groups([[1, 0, 0], [1, 1, 0]]), learners)
+        return builder.hparams(), batch, metrics, learners.calls
+
+    hp, batch, metrics, calls = run()
+    assert hp["tis_cap"] == 2.0 and "old_logp" not in batch and not calls
+    assert not any(k.startswith("async/") for k in metrics)  # the learner reports them
+    hp, batch, metrics, calls = run(epochs=2)
+    assert hp["tis_cap"] is None and "old_logp" in batch and [c[0] for c in calls] == ["old"]
+    assert "async/is_weight_mean" in metrics
