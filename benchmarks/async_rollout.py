@@ -39,7 +39,7 @@ def run_arm(name: str, staleness: int, args, out: Path) -> dict:
            "overwrite=true", "tracking.progress=false", f"rollout.max_staleness={staleness}",
            f"rollout.cpu_cores=[{args.rollout_core}]", f"learner.cpu_cores=[{args.learner_core}]",
            "learner.num_threads=1", f"trainer.total_steps={args.steps}", "trainer.max_wall_time_s=0",
-           f"eval.every={args.steps}", f"eval.num_prompts={args.eval_prompts}", "trainer.checkpoint_every=0",
+           f"eval.every={args.steps}", f"eval.num_prompts={args.eval_prompts}", "trainer.checkpoint_every=0", "trainer.checkpoint_every_minutes=0",
            *args.overrides]
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     start = time.perf_counter()

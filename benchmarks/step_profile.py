@@ -57,7 +57,7 @@ def framework(args, out: Path):
     overrides = [
         f"name=step_profile_{time.strftime('%Y%m%d_%H%M%S')}", f"output_dir={out / 'runs'}",
         f"model.path={out / 'tiny-qwen2'}", "model.build_tiny=true", f"trainer.total_steps={args.steps}",
-        "trainer.max_wall_time_s=0", "trainer.checkpoint_every=0", "eval.every=0", "eval.num_prompts=32",
+        "trainer.max_wall_time_s=0", "trainer.checkpoint_every=0", "trainer.checkpoint_every_minutes=0", "eval.every=0", "eval.num_prompts=32",
         "tracking.progress=false", "tracking.tensorboard=false", f"sft.steps={args.sft_steps}",
     ]
     cfg = load_config(args.config, overrides)

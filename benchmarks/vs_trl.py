@@ -144,7 +144,7 @@ def rl_overrides(out: Path, seed: int, steps: int, start_model: Path, samples_pe
     return [
         *MEASURE, "name=ours", f"output_dir={q(out / 'runs')}", f"seed={seed}",
         f"model.path={q(start_model)}", "model.build_tiny=false", 'model.source=""', "sft.steps=0",
-        f"trainer.total_steps={steps}", "trainer.checkpoint_every=0", "trainer.keep_last=1",
+        f"trainer.total_steps={steps}", "trainer.checkpoint_every=0", "trainer.checkpoint_every_minutes=0", "trainer.keep_last=1",
         f"trainer.log_samples={samples_per_step}",  # every sample: the prompt-order check reads them
         "learner.warmup_steps=0", "learner.lr_schedule=constant", "learner.mini_batches=1", "learner.epochs=1",
         "algorithm.name=grpo", "algorithm.kl_coef=0.0", "algorithm.loss_agg=token-mean",

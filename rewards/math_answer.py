@@ -23,6 +23,7 @@ from rewards.latex import brace_macro_args, match_brace, read_arg, unwrap_macro
 from rewards.math import Policy, is_equivalent, verify_detailed
 from rewards.math.extract import STOP, boxed
 from rewards.registry import register_reward
+from rewards.schema import RewardResult
 
 MAX_LEN = 200
 _TEXT_MACROS = ("text", "textbf", "textrm", "mathrm", "mbox")
@@ -50,11 +51,19 @@ def answers_equivalent(pred: Any, gold: Any, rel_tol: float = _DEFAULT_REL_TOL) 
     return is_equivalent(pred, gold, policy)
 
 
-def _score(completion: str, ground_truth: str, metadata: dict, strategy: str) -> dict:
+# Verdicts where the verifier itself raised (our comparer, or sympy in its worker): the reward
+# could not be computed, so the item is a failed RewardResult (the pool's failure_score, counted
+# in reward/failures and reward/failed_exception), not a zero for a wrong answer.
+VERIFIER_FAILURES = ("error", "sympy_error")
+
+
+def _score(completion: str, ground_truth: str, metadata: dict, strategy: str) -> dict | RewardResult:
     strategy = (metadata or {}).get("answer_strategy", strategy)
     res = verify_detailed(completion, ground_truth, strategy)
+    if res.reason in VERIFIER_FAILURES:
+        return RewardResult.failure(f"exception: math verifier {res.reason}: {res.method}")
     out = {"score": 1.0 if res.correct else 0.0, "correct": res.correct, "extracted": res.extracted}
-    if res.reason in ("timeout", "too_large", "error"):  # surfaced so they can be counted
+    if res.reason in ("timeout", "too_large"):  # surfaced in RewardResult.info
         out["reason"] = res.reason
     return out
 

@@ -2,8 +2,8 @@
 
 Rewards run untrusted model output through parsers/solvers that can hang, blow up or crash
 the interpreter, so they run in child processes: the parent measures each item's wall-clock
-time, SIGKILLs and replaces a worker that overruns or dies, and records a failed result for
-that item only. Every input gets exactly one result, in input order.
+time, SIGKILLs a worker that overruns or dies, and records a failed result for that item only.
+Every input gets exactly one result, in input order.
 
 Work goes out in chunks (up to ``batch_size`` items per message), so a worker never waits for
 a pipe round trip between items. A single-item reward streams one result per item, so the
@@ -13,11 +13,24 @@ its chunk is re-queued. A batched reward answers a chunk in one call, with a bud
 so the culprit fails alone. Failures are counted by kind (exception, timeout, crash,
 bad_return, other) in ``pop_metrics``.
 
-Workers are started (non-blocking) when the pool is constructed, so their ~0.5-1 s spawn and
-import cost overlaps with whatever the caller does next (e.g. generation); ``score`` dispatches
-to each worker as soon as it reports ready. Workers are daemonic, so a reward function cannot
-itself use ``multiprocessing.Process`` (``subprocess`` is fine; a killed worker takes its
-process group, and so such subprocesses, with it). POSIX only.
+Hung items time out together, not one after another. When an item has run far longer than
+items usually take (``_STALL_FACTOR`` x the recent median, at least ``_STALL_FLOOR_S``) while
+other work waits, its worker is *set aside*: it keeps that item, whose deadline still counts
+from when the item started, a warm spare takes its place at once, and the rest of its chunk
+goes back to the queue. A set-aside worker rejoins as a spare once its item finishes (a slow
+item keeps its score), or is killed at the deadline. Each worker set aside lets the call run
+one more worker (up to ``_MAX_EXTRA``), so that further hangs are found in parallel rather than
+one stall after another. However many items hang (up to ``_MAX_ASIDE`` at once), each waits in
+its own process and all their clocks run together: a call costs about one ``timeout_s`` more
+than a clean one, plus a process start per hung item. Hence the forkserver: it has imported
+this package already, so a worker starts in ~10 ms instead of the ~150 ms of spawn.
+
+Workers are started (non-blocking, once the forkserver is up: once per process) when the
+pool is constructed, so their start-up overlaps with whatever the caller does next (e.g.
+generation); ``score`` dispatches to each worker as soon as it reports ready. Workers are
+daemonic, so a reward function cannot itself use ``multiprocessing.Process`` (``subprocess``
+is fine; a killed worker takes its process group, and so such subprocesses, with it). POSIX
+only.
 
 A reward that cannot be loaded inside the workers (import error, broken pickle) is a
 configuration error: ``score`` raises RewardError instead of returning failed results.
@@ -28,7 +41,6 @@ from __future__ import annotations
 import collections
 import logging
 import math
-import multiprocessing as mp
 import multiprocessing.connection as mp_connection
 import pickle
 import threading
@@ -41,12 +53,18 @@ from typing import Sequence
 from rewards.registry import RewardSpec
 from rewards.schema import RewardError, RewardInput, RewardResult
 from rewards.serialization import make_payload
-from rewards.worker import WorkerHandle, kill_worker, shutdown_workers, start_worker
+from rewards.worker import WorkerHandle, kill_worker, mp_context, shutdown_workers, start_worker
 
 logger = logging.getLogger(__name__)
 
 _MAX_WAIT_S = 0.25  # upper bound on one wait, so close() is noticed promptly
 _MAX_START_FAILURES = 3  # consecutive worker deaths during start-up before giving up
+_STALL_FLOOR_S = 0.01  # never set a worker aside sooner than this into an item...
+_STALL_FACTOR = 4.0  # ...nor before this many times the median of recent item times
+_RECENT_ITEMS = 32  # item times the median is taken over
+_MIN_HISTORY = 4  # before that many, "usual" is unknown: stall after timeout_s / 4
+_MAX_ASIDE = 256  # set-aside workers at once (a bound on processes, ~8 MB each); past it, stalls wait
+_MAX_EXTRA = 8  # extra workers a call may run once it has seen stalls
 FAILURE_KINDS = ("exception", "timeout", "crash", "bad_return", "other")
 _METRIC_KEYS = (
     "reward/num_scored",
@@ -56,6 +74,7 @@ _METRIC_KEYS = (
     "reward/score_time_s",
     "reward/round_trips",  # chunks sent to workers
     "reward/retried",  # items re-queued after another item's hang/crash (not failures)
+    "reward/set_aside",  # workers set aside on a stalled item (it then hung, or was just slow)
 ) + tuple(f"reward/failed_{kind}" for kind in FAILURE_KINDS)
 
 
@@ -96,7 +115,7 @@ class RewardPool:
         num_workers: int = 1,
         timeout_s: float = 5.0,
         failure_score: float = 0.0,
-        start_method: str = "spawn",
+        start_method: str = "forkserver",
         *,
         batch_size: int = 16,
         start_timeout_s: float = 120.0,
@@ -113,8 +132,10 @@ class RewardPool:
         self.failure_score = float(failure_score)
         self.start_timeout_s = float(start_timeout_s)
         self._payload = make_payload(reward)  # validates the spec here, with a clear error
-        self._ctx = mp.get_context(start_method)
-        self._workers: list[WorkerHandle] = []
+        self._ctx = mp_context(start_method)
+        self._workers: list[WorkerHandle] = []  # all live ones: num_workers + 1 spare, plus any set aside
+        self._recent: collections.deque[float] = collections.deque(maxlen=_RECENT_ITEMS)  # item times (s)
+        self._stall_s = max(_STALL_FLOOR_S, self.timeout_s / 4)  # until _MIN_HISTORY item times are known
         self._score_lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
@@ -127,8 +148,7 @@ class RewardPool:
         self._totals = dict.fromkeys(_METRIC_KEYS, 0.0)
         # Registered before any worker exists, so a failure below still cleans up.
         self._finalizer = weakref.finalize(self, shutdown_workers, self._workers)
-        for _ in range(self.num_workers):
-            self._workers.append(self._spawn())
+        self._top_up()
 
     # ------------------------------------------------------------------ public API
 
@@ -158,6 +178,7 @@ class RewardPool:
                 "reward/score_time_s": elapsed,
                 "reward/round_trips": counts.get("round_trips", 0),
                 "reward/retried": counts.get("retried", 0),
+                "reward/set_aside": counts.get("set_aside", 0),
                 **{f"reward/failed_{kind}": kinds[kind] for kind in FAILURE_KINDS},
             }
         )
@@ -201,7 +222,7 @@ class RewardPool:
 
     @property
     def worker_pids(self) -> list[int]:
-        """Current worker process ids (they change when workers are replaced); for monitoring."""
+        """Current worker process ids, the spare and any set-aside workers included; for monitoring."""
         return [w.process.pid for w in self._workers]
 
     def close(self) -> None:
@@ -248,20 +269,24 @@ class RewardPool:
                             kill_worker(w)
                     break
                 self._dispatch(job)
+                self._top_up()  # after dispatch: starting a process takes a few ms that a spare need not wait for
                 self._wait_and_collect(job)
+            if not self._closing.is_set():
+                self._trim()
         except BaseException:
             # Abnormal exit (start-up failure, KeyboardInterrupt): drop in-flight work so no
             # stale result is read by the next batch.
-            for i, w in enumerate(self._workers):
+            for w in list(self._workers):
                 if w.state == "busy":
-                    self._replace(i)
+                    self._drop(w)
             raise
         return job.results  # type: ignore[return-value]
 
     def _dispatch(self, job: _Job) -> None:
-        for i in range(len(self._workers)):
-            w = self._workers[i]
-            while w.state == "idle" and (job.queue or job.solo):
+        """Send chunks to idle workers, keeping at most ``_width()`` busy (set-aside ones aside)."""
+        busy = sum(w.state == "busy" and not w.aside for w in self._workers)
+        for w in list(self._workers):
+            while w.state == "idle" and not w.aside and (job.queue or job.solo) and busy < self._width():
                 solo = bool(job.solo)
                 chunk = [job.solo.popleft()] if solo else self._take(job.queue)
                 try:
@@ -269,18 +294,19 @@ class RewardPool:
                 except OSError:  # died while idle: not the items' fault, retry them elsewhere
                     (job.solo if solo else job.queue).extendleft(reversed(chunk))
                     logger.warning("reward worker pid=%s died while idle; replacing it", w.process.pid)
-                    self._replace(i)
+                    self._drop(w)
                     break
                 except Exception as exc:  # an item cannot be pickled: fail it, re-queue the rest
                     self._drop_unsendable(job, chunk, solo, exc)
                     continue
-                w.state, w.chunk = "busy", chunk
-                w.deadline = time.monotonic() + self.timeout_s * (len(chunk) if w.batched else 1)
+                w.state, w.chunk, w.started = "busy", chunk, time.monotonic()
+                w.deadline = w.started + self.timeout_s * (len(chunk) if w.batched else 1)
+                busy += 1
                 self._counts["round_trips"] += 1
 
     def _take(self, queue: collections.deque) -> list[int]:
         """The next chunk: the queue spread evenly over the workers, at most batch_size items."""
-        n = max(1, min(self.batch_size, math.ceil(len(queue) / self.num_workers), len(queue)))
+        n = max(1, min(self.batch_size, math.ceil(len(queue) / self._width()), len(queue)))
         return [queue.popleft() for _ in range(n)]
 
     def _drop_unsendable(self, job: _Job, chunk: list[int], solo: bool, exc: Exception) -> None:
@@ -301,23 +327,59 @@ class RewardPool:
         active = [w for w in self._workers if w.state in ("starting", "busy")]
         if not active:
             return
-        now = time.monotonic()
-        timeout = min(_MAX_WAIT_S, max(0.0, min(w.deadline for w in active) - now))
+        wake = min([w.deadline for w in active] + [self._stall_at(w) for w in self._stall_candidates(job)])
+        timeout = min(_MAX_WAIT_S, max(0.0, wake - time.monotonic()))
         waitables = [w.conn for w in active] + [w.process.sentinel for w in active]
         ready = set(mp_connection.wait(waitables, timeout))
-        for i, w in enumerate(self._workers):
-            if w in active and (w.conn in ready or w.process.sentinel in ready):
-                self._handle_event(i, job)
+        for w in active:
+            if w in self._workers and (w.conn in ready or w.process.sentinel in ready):
+                self._handle_event(w, job)
         now = time.monotonic()
-        for i, w in enumerate(self._workers):
+        for w in list(self._workers):
             if w.state == "busy" and now >= w.deadline:
                 logger.debug("reward chunk %s timed out; killing worker pid=%s", w.chunk, w.process.pid)
-                self._lost(i, job, f"timeout after {self.timeout_s}s")
+                self._lost(w, job, f"timeout after {self.timeout_s}s")
             elif w.state == "starting" and now >= w.deadline:
-                self._start_failed(i, f"not ready after {self.start_timeout_s}s")
+                self._start_failed(w, f"not ready after {self.start_timeout_s}s")
+        for w in self._stall_candidates(job):
+            if now >= self._stall_at(w):
+                self._set_aside(w, job)
 
-    def _handle_event(self, i: int, job: _Job) -> None:
-        w = self._workers[i]
+    def _stall_candidates(self, job: _Job) -> list[WorkerHandle]:
+        """Busy workers (not set aside) with work waiting behind them: setting one aside lets it through."""
+        if sum(w.aside for w in self._workers) >= _MAX_ASIDE:
+            return []
+        waiting = bool(job.queue or job.solo)
+        return [w for w in self._workers
+                if w.state == "busy" and not w.aside and (waiting or (not w.batched and len(w.chunk) > 1))]
+
+    def _stall_at(self, w: WorkerHandle) -> float:
+        return w.started + self._stall_s * (len(w.chunk) if w.batched else 1)
+
+    def _set_aside(self, w: WorkerHandle, job: _Job) -> None:
+        """Let ``w`` finish (or time out on) its running item on its own; a spare takes its place
+        on the next dispatch, and ``_top_up`` starts new spares.
+
+        A streaming worker keeps only the running item: the rest of its chunk goes back to the
+        queue and the worker is told to drop it ("cut"; it answers with what it did not start,
+        which may include the item we thought was running: the pool's view of a worker lags a
+        little). Once its item is answered and the cut acknowledged, it rejoins the pool as a
+        spare, warm (a slow item was no fault of its).
+        """
+        w.aside = True
+        if not w.batched and len(w.chunk) > 1:
+            rest, w.chunk = w.chunk[1:], w.chunk[:1]
+            job.queue.extendleft(reversed(rest))
+            self._counts["retried"] += len(rest)
+            try:
+                w.conn.send(("cut",))
+                w.cut = True
+            except OSError:
+                pass  # it died: its sentinel says so next
+        self._counts["set_aside"] += 1
+        logger.debug("reward item(s) %s still running after %.3fs: worker pid=%s set aside", w.chunk, time.monotonic() - w.started, w.process.pid)
+
+    def _handle_event(self, w: WorkerHandle, job: _Job) -> None:
         while True:  # drain: a worker that died may have sent results first
             try:
                 if not w.conn.poll():
@@ -328,49 +390,69 @@ class RewardPool:
             except (EOFError, OSError):
                 break  # EOF: the worker is gone (or going); handled below
             except Exception as exc:  # the message itself is garbled: never trust this worker again
-                self._lost(i, job, f"protocol error: {type(exc).__name__}: {exc}")
+                self._lost(w, job, f"protocol error: {type(exc).__name__}: {exc}")
                 return
-            if not self._handle_message(i, msg, job):
-                return  # the worker was replaced
+            if not self._handle_message(w, msg, job):
+                return  # the worker was dropped
         exitcode = kill_worker(w, wait_exit_s=1.0)  # it is dead already: this only reaps (and kills its group)
         if w.state == "starting":
-            self._start_failed(i, f"exited during start-up (exit code {exitcode})")
+            self._start_failed(w, f"exited during start-up (exit code {exitcode})")
         elif w.state == "busy":
             logger.debug("reward worker pid=%s died on item %s (exit code %s)", w.process.pid, w.chunk[0], exitcode)
-            self._lost(i, job, f"worker died (exit code {exitcode})")
+            self._lost(w, job, f"worker died (exit code {exitcode})")
         else:
-            self._replace(i)
+            self._drop(w)
 
-    def _handle_message(self, i: int, msg, job: _Job) -> bool:
-        """Apply one message from worker ``i``; False if the worker had to be replaced."""
-        w = self._workers[i]
+    def _handle_message(self, w: WorkerHandle, msg, job: _Job) -> bool:
+        """Apply one message from worker ``w``; False if it had to be dropped."""
         kind = msg[0] if isinstance(msg, tuple) and msg else None
         if kind == "ready" and w.state == "starting":
             w.state, w.batched = "idle", bool(msg[2])
             self._start_failures = 0
-        elif kind == "results" and w.state == "busy" and all(idx in w.chunk for idx, _ in msg[1]):
+        elif kind == "results" and w.state == "busy" and msg[1] and all(i in w.chunk or w.cut for i, _ in msg[1]):
+            now = time.monotonic()
+            self._note_item_time((now - w.started) / len(msg[1]))
             for idx, data in msg[1]:
+                if idx not in w.chunk:
+                    continue  # given to another worker when this one was set aside
                 try:
                     job.results[idx] = pickle.loads(data)
                 except Exception as exc:
                     job.results[idx] = self._failure(f"bad return type: result not unpicklable: {type(exc).__name__}: {exc}")
                 w.chunk.remove(idx)
-            if w.chunk:  # streaming: the clock starts for the next item
-                w.deadline = time.monotonic() + self.timeout_s
+            if w.chunk or w.cut:  # streaming: the clock starts for the next item (if cut: not ours, but
+                w.started, w.deadline = now, now + self.timeout_s  # it must end too)
             else:
-                w.state = "idle"
+                w.state, w.aside = "idle", False  # a set-aside worker rejoins, as a spare
+        elif kind == "cut" and w.cut and len(msg) == 2 and isinstance(msg[1], list):
+            # It may have stopped before the item we thought was running: that one goes back too.
+            unstarted = [idx for idx in msg[1] if idx in w.chunk]
+            for idx in unstarted:
+                w.chunk.remove(idx)
+            job.queue.extendleft(reversed(unstarted))
+            self._counts["retried"] += len(unstarted)
+            w.cut = False
+            if not w.chunk:
+                w.state, w.aside = "idle", False
         elif kind == "fallback" and w.state == "busy":  # the batched call raised; now item by item
-            w.deadline = time.monotonic() + self.timeout_s * len(w.chunk)
+            w.started = time.monotonic()
+            w.deadline = w.started + self.timeout_s * len(w.chunk)
         elif kind == "init_error":
             raise RewardError(f"reward worker failed to load the reward: {msg[1]}")
         else:  # cannot happen with a well-behaved worker; never trust it afterwards
-            self._lost(i, job, f"protocol error: unexpected message {kind!r}")
+            self._lost(w, job, f"protocol error: unexpected message {kind!r}")
             return False
         return True
 
-    def _lost(self, i: int, job: _Job, reason: str) -> None:
-        """Worker ``i`` hung, died or misbehaved: blame the item it was on, retry the others, replace it."""
-        w = self._workers[i]
+    def _note_item_time(self, seconds: float) -> None:
+        """Track how long items take, so that only an item far slower than usual gets set aside."""
+        self._recent.append(seconds)
+        if len(self._recent) >= _MIN_HISTORY:
+            median = sorted(self._recent)[len(self._recent) // 2]
+            self._stall_s = max(_STALL_FLOOR_S, _STALL_FACTOR * median)
+
+    def _lost(self, w: WorkerHandle, job: _Job, reason: str) -> None:
+        """``w`` hung, died or misbehaved: blame the item it was on, retry the others, replace it."""
         chunk, w.chunk = w.chunk, []
         if w.state != "busy" or not chunk:
             pass
@@ -381,25 +463,49 @@ class RewardPool:
             job.results[chunk[0]] = self._failure(reason)
             job.queue.extendleft(reversed(chunk[1:]))
             self._counts["retried"] += len(chunk) - 1
-        self._replace(i)
+        self._drop(w)
 
     # ------------------------------------------------------------------ workers
 
     def _spawn(self) -> WorkerHandle:
         return start_worker(self._ctx, self._payload, self.failure_score, self.start_timeout_s)
 
-    def _replace(self, i: int) -> None:
-        kill_worker(self._workers[i])
-        self._workers[i] = self._spawn()
-        self._counts["replaced"] += 1
+    def _width(self) -> int:
+        """How many workers may score at once: ``num_workers``, plus one per worker set aside in
+        this call (up to ``_MAX_EXTRA``). With one worker, hangs would be found one after another
+        (each costs a stall before it is set aside); a call that has met hangs looks for the rest
+        of them in parallel. Set-aside workers are not counted: they are stalled."""
+        return self.num_workers + min(_MAX_EXTRA, self._counts["set_aside"])
 
-    def _start_failed(self, i: int, why: str) -> None:
+    def _top_up(self) -> None:
+        """Keep ``_width()`` workers plus one warm spare that are not set aside (starting ones
+        count), so that a set-aside worker is replaced at once, not after a process start."""
+        while sum(not w.aside for w in self._workers) < self._width() + 1:
+            self._workers.append(self._spawn())
+
+    def _trim(self) -> None:
+        """At the end of a call, let go of idle workers beyond ``_width()`` + 1, newest first: a
+        calm call leaves one spare; one with hangs keeps its extra workers warm for the next
+        (hangs tend to recur), and rejoined set-aside workers are the older, warm ones."""
+        extra = sum(not w.aside for w in self._workers) - self._width() - 1
+        for w in [w for w in reversed(self._workers) if w.state == "idle" and not w.aside][: max(0, extra)]:
+            self._drop(w, failed=False)
+
+    def _drop(self, w: WorkerHandle, failed: bool = True) -> None:
+        """Kill ``w`` (a no-op if dead), forget it, and start a worker in its place if it held one."""
+        kill_worker(w, reap=False)
+        self._workers.remove(w)
+        if failed:
+            self._counts["replaced"] += 1
+        self._top_up()
+
+    def _start_failed(self, w: WorkerHandle, why: str) -> None:
         self._start_failures += 1
         logger.warning("reward worker %s (%d consecutive start failures)", why, self._start_failures)
         give_up = self._start_failures >= _MAX_START_FAILURES
         if give_up:
             self._start_failures = 0  # a later call starts counting afresh
-        self._replace(i)
+        self._drop(w)
         if give_up:
             raise RewardError(f"reward workers keep failing to start; last one {why}")
 

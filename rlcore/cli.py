@@ -10,7 +10,8 @@ from pathlib import Path
 def _train(args: argparse.Namespace) -> int:
     from rlcore.config import ConfigError, load_config
     from rlcore.data.loader import DataError
-    from rlcore.trainer import Trainer
+    from rlcore.topology import SharedFilesystemError
+    from rlcore.trainer import Trainer, WorkerDiedError
 
     overrides = list(args.overrides)
     config = args.config
@@ -31,7 +32,11 @@ def _train(args: argparse.Namespace) -> int:
     except (ConfigError, DataError, FileNotFoundError, FileExistsError) as e:
         print(f"rlcore: {e}", file=sys.stderr)
         return 2
-    trainer.run()
+    try:
+        trainer.run()
+    except (WorkerDiedError, SharedFilesystemError) as e:
+        print(f"rlcore: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

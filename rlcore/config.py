@@ -287,7 +287,11 @@ class EvalConfig:
 class TrainerConfig:
     total_steps: int = 100
     max_wall_time_s: float = 0.0  # 0 = no limit; the run stops cleanly (with eval) when reached
-    checkpoint_every: int = 0  # 0 = only at the end
+    # Periodic saves bound what a crash loses: every `checkpoint_every` steps and whenever
+    # `checkpoint_every_minutes` passed since the last save (0 turns a rule off; both 0 = only at
+    # the end). A run always saves at its end too.
+    checkpoint_every: int = 50
+    checkpoint_every_minutes: float = 30.0
     keep_last: int = 2
     logprob_check_sequences: int = 4
     # max |logp_rollout - logp_learner| after a weight sync; stop above it. None: by model.dtype,
@@ -295,6 +299,9 @@ class TrainerConfig:
     logprob_mismatch_threshold: float | None = None
     log_samples: int = 4  # completions written to samples/step_N.jsonl per step
     max_samples: int = 0  # stop once this many samples were generated (0 = no limit): a sample budget
+    # rollout actors that die are replaced (current weights pushed, their requests retried) this
+    # many times per run before the run stops; a dead learner rank always stops it (resume=latest)
+    max_actor_restarts: int = 3
 
 
 @dataclass
@@ -369,7 +376,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         _set_path(raw, key.strip().split("."), yaml.safe_load(value) if value != "" else "")
         lines[key.strip()] = -1
     cfg = _build(ExperimentConfig, raw, "", source, lines)
-    validate(cfg, source)
+    validate(cfg, source, lines)
     return cfg
 
 
@@ -383,11 +390,12 @@ def save_config(cfg: ExperimentConfig, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
-def validate(cfg: ExperimentConfig, source: str) -> None:
-    """Cross-field checks that types alone cannot express (rlcore/config_checks.py)."""
+def validate(cfg: ExperimentConfig, source: str, lines: dict[str, int] | None = None) -> None:
+    """Cross-field checks that types alone cannot express (rlcore/config_checks.py); `lines`
+    (key path -> line in `source`) lets their errors point at the line."""
     from rlcore.config_checks import check
 
-    check(cfg, source)
+    check(cfg, source, lines)
 
 
 # -------------------------------------------------------------------------------- internals

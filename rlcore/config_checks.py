@@ -1,17 +1,19 @@
 """Cross-field checks of a run config: what the types in rlcore/config.py cannot express.
 
-Every failure names the key, so a bad config fails before any worker starts.
+Every failure names the key and, when the config came from a file, its file and line (or the
+command-line override), so a bad config fails before any worker starts.
 """
 from __future__ import annotations
 
-from rlcore.config import ConfigError, ExperimentConfig, RewardConfig
+from rlcore.config import ConfigError, ExperimentConfig, RewardConfig, _where
 
 
-def check(cfg: ExperimentConfig, source: str) -> None:
-    """Cross-field checks that types alone cannot express."""
+def check(cfg: ExperimentConfig, source: str, lines: dict[str, int] | None = None) -> None:
+    """Cross-field checks that types alone cannot express. `lines` maps key paths to their line
+    in `source` (or -1 for a command-line override), so an error points where the key was set."""
 
     def fail(key: str, msg: str) -> None:
-        raise ConfigError(f"{source}: {key}: {msg}")
+        raise ConfigError(f"{_where(source, lines or {}, key)}: {key}: {msg}")
 
     if not cfg.model.path:
         fail("model.path", "required (a Hugging Face model directory, or set model.build_tiny)")
@@ -97,12 +99,13 @@ def _validate_rl_sections(cfg: ExperimentConfig, fail) -> None:
         fail("allocation.stats_decay", "must be in (0, 1]")
     if cfg.trainer.max_samples < 0:
         fail("trainer.max_samples", "must be >= 0")
+    if cfg.trainer.max_actor_restarts < 0:
+        fail("trainer.max_actor_restarts", "must be >= 0")
+    if not cfg.trainer.checkpoint_every_minutes >= 0:
+        fail("trainer.checkpoint_every_minutes", "must be >= 0 (0 = no time-based saves)")
     if not 0 <= algo.gamma <= 1 or not 0 <= algo.lam <= 1:
         fail("algorithm.gamma", "gamma and lam must be in [0, 1]")
-    if not 0 < algo.nft_r_clamp < 0.5:
-        fail("algorithm.nft_r_clamp", "must be in (0, 0.5)")
-    if algo.nft_eps_neg <= 0:
-        fail("algorithm.nft_eps_neg", "must be > 0")
+    _validate_loss_settings(algo, fail)
     if cfg.critic.num_ranks < 1 or cfg.critic.micro_batch_size < 1:
         fail("critic.num_ranks", "critic.num_ranks and critic.micro_batch_size must be >= 1")
     if cfg.critic.lr <= 0:
@@ -113,6 +116,28 @@ def _validate_rl_sections(cfg: ExperimentConfig, fail) -> None:
             fail("tools.max_tool_calls", "need max_tool_calls >= 0 and timeout_s > 0")
         if "{output}" not in cfg.tools.output_template:
             fail("tools.output_template", "must contain '{output}'")
+
+
+def _validate_loss_settings(algo, fail) -> None:
+    """What the policy and value losses check again in the workers (algorithms/policy_loss.py
+    `_validate`, algorithms/nft.py, algorithms/ppo.py `value_loss`), so that a bad value fails at
+    load, not after SFT and the first generation. Written as `not (valid)` so NaN fails too."""
+    if not 0.0 <= algo.clip_low < 1.0:
+        fail("algorithm.clip_low", f"must be in [0, 1) (the ratio's floor is 1 - clip_low), got {algo.clip_low}")
+    if not algo.clip_high >= 0.0:
+        fail("algorithm.clip_high", f"must be >= 0, got {algo.clip_high}")
+    if algo.dual_clip_c is not None and not algo.dual_clip_c > 1.0:
+        fail("algorithm.dual_clip_c", f"must be > 1 (or null: no dual clip), got {algo.dual_clip_c}")
+    if not algo.kl_coef >= 0.0:
+        fail("algorithm.kl_coef", f"must be >= 0, got {algo.kl_coef}")
+    if algo.value_clip is not None and not algo.value_clip >= 0.0:
+        fail("algorithm.value_clip", f"must be >= 0 (or null: no value clipping), got {algo.value_clip}")
+    if not 0 < algo.nft_r_clamp < 0.5:
+        fail("algorithm.nft_r_clamp", "must be in (0, 0.5)")
+    if not 0.0 < algo.nft_eps_neg < 1.0:
+        fail("algorithm.nft_eps_neg", f"must be in (0, 1), got {algo.nft_eps_neg}")
+    if not algo.nft_log_ratio_clamp > 0.0:
+        fail("algorithm.nft_log_ratio_clamp", f"must be > 0, got {algo.nft_log_ratio_clamp}")
 
 
 def _validate_async(cfg: ExperimentConfig, fail) -> None:

@@ -5,6 +5,10 @@ rate, optimizer and checkpoint, and on a cluster its own GPUs, without touching 
 forward pass (the OpenRLHF / verl layout). It starts from the policy's weights with a fresh
 one-output token-classification head (`AutoModelForTokenClassification`, `num_labels=1`), so
 any Hugging Face decoder works as a critic.
+
+Training runs through the policy learner's loop (`LearnerWorker._train_steps` /
+`_accumulate_step`): the same micro-batch plan, pass-count agreement between ranks, gradient
+accumulation, clipping and metric reduction, with the value loss as the per-micro-batch loss.
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ class CriticWorker(LearnerWorker):
         config.classifier_dropout = 0.0  # dropout would make values noisy and resume inexact
         model = AutoModelForTokenClassification.from_pretrained(
             mcfg["path"], config=config, dtype=torch.float32,
-            attn_implementation=pick_attn_implementation(mcfg["attn_implementation"], str(self.device)),
+            attn_implementation=pick_attn_implementation(mcfg["attn_implementation"], str(self.device), mcfg["dtype"]),
             trust_remote_code=mcfg["trust_remote_code"],
         ).to(self.device)
         for module in model.modules():
@@ -45,51 +49,49 @@ class CriticWorker(LearnerWorker):
         out = self.model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], use_cache=False)
         return out.logits[:, :-1, 0].float()
 
+    def _filler_output(self) -> torch.Tensor:
+        return self._values(self._filler()).sum()
+
     @torch.no_grad()
     def compute_values(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         self.model.eval()
         out = np.zeros(batch["input_ids"][:, 1:].shape, dtype=np.float32)
-        row = 0
-        for mb in self._micro_batches(batch, np.arange(len(batch["input_ids"]))):
+        plan = self._plan(batch, np.arange(len(batch["input_ids"])))
+        for k in range(self._agree(len(plan))):  # each pass is a collective: ranks agree on the count
+            if k >= len(plan):
+                self._filler_output()
+                continue
+            mb = self._to_tensors(batch, plan[k])
             values = self._values(mb) * mb["attention_mask"][:, 1:]
-            n, w = values.shape
-            out[row : row + n, :w] = values.cpu().numpy()
-            row += n
+            out[plan[k], : values.shape[1]] = values.cpu().numpy()
         return out
 
     def train_values(self, batch: dict[str, np.ndarray], hparams: dict) -> dict[str, float]:
-        """Regress values on `returns` (clipped around `old_values`), epochs x mini-batches."""
+        """Regress values on `returns` (clipped around `old_values`), epochs x mini-batches.
+
+        "critic/vf_loss" is the value loss (token mean over the mini-batch, all ranks), averaged
+        over optimizer steps; "critic/vf_grad_norm" the gradient norm before clipping.
+        """
         t0 = time.perf_counter()
-        self.model.train()
-        n = len(batch["input_ids"])
-        minis = np.array_split(np.arange(n), hparams.get("mini_batches", 1))
-        totals: dict[str, float] = {}
-        steps = 0
-        for _ in range(hparams.get("epochs", 1)):
-            for mini in minis:
-                mask_all = batch["loss_mask"][mini]
-                tokens = self._global_sum(float(mask_all.sum()))
-                self.optimizer.zero_grad(set_to_none=True)
-                sums: dict[str, float] = {}
-                for mb in self._micro_batches(batch, mini):
-                    mask = mb["loss_mask"].float()
-                    loss, metrics = value_loss(
-                        self._values(mb), mb["old_values"], mb["returns"], mask,
-                        clip=hparams.get("value_clip"), agg_mode="token-mean", token_normalizer=tokens,
-                    )
-                    (loss * self.world_size).backward()
-                    w = float(mask.sum()) / max(tokens, 1.0) * self.world_size
-                    # Ranks hold parts of the global loss; scaled so that the rank average is the total.
-                    sums["vf_loss"] = sums.get("vf_loss", 0.0) + float(loss.detach()) * self.world_size
-                    for k, v in metrics.items():
-                        sums[k] = sums.get(k, 0.0) + float(v) * w
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["learner"]["grad_clip"])
-                grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-                self.optimizer.step()
-                sums["vf_grad_norm"] = float(grad_norm)
-                for k, v in sums.items():
-                    totals[k] = totals.get(k, 0.0) + v
-                steps += 1
-        out = {f"critic/{k}": v / steps for k, v in totals.items()}
+        clip = hparams.get("value_clip")
+
+        def step(indices: np.ndarray) -> dict[str, float]:
+            tokens = self._global_sum(float(batch["loss_mask"][indices].sum()))
+
+            def micro_loss(mb: dict[str, torch.Tensor]):
+                mask = mb["loss_mask"].float()
+                loss, metrics = value_loss(self._values(mb), mb["old_values"], mb["returns"], mask,
+                                           clip=clip, agg_mode="token-mean", token_normalizer=tokens)
+                del metrics["vf_loss"]  # the loop sums the loss itself (global normaliser)
+                return loss, metrics, float(mask.sum())
+
+            return self._accumulate_step(batch, indices, micro_loss)
+
+        metrics = self._train_steps(batch, hparams, step)
+        # This rank's part of the loss, times the world size: LearnerGroup averages critic metrics
+        # over ranks, and the average of the scaled parts is their sum, the loss.
+        metrics["vf_loss"] = metrics.pop("loss") * self.world_size
+        metrics["vf_grad_norm"] = metrics.pop("grad_norm")
+        out = {f"critic/{k}": v for k, v in metrics.items()}
         out["time/critic_update_rank_s"] = time.perf_counter() - t0
         return out

@@ -1,7 +1,9 @@
 """Driver-side handles for the worker groups: fan a call out, gather and reduce the answers."""
 from __future__ import annotations
 
+import threading
 import time
+from typing import Callable
 
 import numpy as np
 import ray
@@ -14,15 +16,23 @@ class LearnerGroup:
     def __init__(self, workers: list, placement=None):
         self.workers = workers
         self.placement = placement
+        # Every rank must run collectives in the same order. Calls come from the trainer's thread
+        # and, with asynchronous rollout, from the rollout thread (a replaced engine's weights):
+        # one call's submissions to all ranks never interleave with another's.
+        self._submit = threading.Lock()
+
+    def submit(self, method: str, per_rank_args: list[tuple]) -> list:
+        """Object refs of `method(*args)` on each rank, submitted as one unit."""
+        with self._submit:
+            return [getattr(w, method).remote(*a) for w, a in zip(self.workers, per_rank_args)]
 
     def call(self, method: str, *args) -> list:
         """Run a collective method on every rank and wait for all of them."""
-        return ray.get([getattr(w, method).remote(*args) for w in self.workers])
+        return ray.get(self.submit(method, [args] * len(self.workers)))
 
     def train(self, batch: dict[str, np.ndarray], loss: str, hparams: dict) -> dict[str, float]:
         shards = shard_batch(batch, len(self.workers))
-        results = ray.get([w.train.remote(s, loss, hparams) for w, s in zip(self.workers, shards)])
-        return reduce_rank_metrics(results)
+        return reduce_rank_metrics(ray.get(self.submit("train", [(s, loss, hparams) for s in shards])))
 
     def compute_logprobs(self, batch: dict[str, np.ndarray], temperature: float = 1.0, reference: bool = False,
                          positions: str = "all") -> np.ndarray:
@@ -33,7 +43,7 @@ class LearnerGroup:
     def map_shards(self, method: str, batch: dict[str, np.ndarray], *args) -> list:
         """Call `method(shard, *args)` on every rank with its equal share of the rows."""
         shards = shard_batch(batch, len(self.workers))
-        return ray.get([getattr(w, method).remote(s, *args) for w, s in zip(self.workers, shards)])
+        return ray.get(self.submit(method, [(s, *args) for s in shards]))
 
     def compute_values(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         return np.concatenate(self.map_shards("compute_values", batch), axis=0)
@@ -47,32 +57,61 @@ class LearnerGroup:
 
     def gather_weights(self):
         """Object ref of rank 0's full weights; stays in the object store."""
-        refs = [w.gather_weights.remote() for w in self.workers]
+        refs = self.submit("gather_weights", [()] * len(self.workers))
         ray.get(refs[1:])
         ray.wait(refs[:1])
         return refs[0]
 
 
 class RolloutGroup:
-    def __init__(self, workers: list):
+    """The engines. `on_death(indices)` (set by the trainer) replaces dead workers in place,
+    weights loaded, or raises when no restart is left; generate() then retries only the dead
+    workers' requests, whose per-request seeds make the retry draw what the lost call would have."""
+
+    def __init__(self, workers: list, on_death: Callable[[list[int]], None] | None = None):
         self.workers = workers
         self.placement = None
+        self.on_death = on_death
 
     def generate(self, requests: list[Request], sampling: SamplingConfig) -> list[Completion]:
         """Split requests evenly over workers (prompt-contiguous, for prefix-cache hits)."""
-        chunks = np.array_split(np.arange(len(requests)), len(self.workers))
-        refs = [
-            w.generate.remote([requests[i] for i in chunk], sampling)
-            for w, chunk in zip(self.workers, chunks)
-            if len(chunk)
-        ]
-        return [c for part in ray.get(refs) for c in part]
+        chunks = [c for c in np.array_split(np.arange(len(requests)), len(self.workers)) if len(c)]
+        parts: list[list[Completion] | None] = [None] * len(chunks)
+        todo = list(range(len(chunks)))
+        while todo:
+            refs = {i: self.workers[i].generate.remote([requests[j] for j in chunks[i]], sampling) for i in todo}
+            todo = []
+            for i, ref in refs.items():
+                try:
+                    parts[i] = ray.get(ref)
+                except ray.exceptions.RayActorError:
+                    todo.append(i)
+            if todo:
+                self.replace_dead(todo)
+        return [c for part in parts for c in part]
+
+    def replace_dead(self, indices: list[int]) -> None:
+        if self.on_death is None:
+            raise RuntimeError(f"rollout workers {indices} died and nothing replaces them")
+        self.on_death(sorted(set(indices)))
+
+    def dead_workers(self, timeout_s: float = 30.0) -> list[int]:
+        """Workers that no longer answer (a cheap call each, all at once)."""
+        refs = [w.__ray_ready__.remote() for w in self.workers]
+        dead = []
+        for i, ref in enumerate(refs):
+            try:
+                ray.get(ref, timeout=timeout_s)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                dead.append(i)
+        return dead
 
     def update_weights(self, weights_ref, version: int) -> float:
         return max(ray.get([w.update_weights.remote(weights_ref, version) for w in self.workers]))
 
-    def sequence_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
-        return ray.get(self.workers[0].sequence_logprobs.remote(sequences))
+    def sequence_logprobs(self, sequences: list[list[int]]) -> list[list[list[float]]]:
+        """Each engine's log-probs of the same sequences: every engine is checked after a sync."""
+        return ray.get([w.sequence_logprobs.remote(sequences) for w in self.workers])
 
 
 class ObjectStoreWeightSync:
@@ -104,7 +143,7 @@ class CollectiveWeightSync:
         addr, port = rendezvous_near(learners.placement)
         world = 1 + len(rollout.workers)
         args = (addr, port, world, backend, timeout_s, bucket_bytes or BUCKET_BYTES)
-        refs = [w.weight_sync.remote("connect", *args) for w in learners.workers]
+        refs = learners.submit("weight_sync", [("connect", *args)] * len(learners.workers))
         refs += [w.open_weight_sync.remote(addr, port, 1 + i, world, backend, timeout_s)
                  for i, w in enumerate(rollout.workers)]
         self.info = ray.get(refs)[0]  # buckets and bytes per sync
@@ -112,7 +151,7 @@ class CollectiveWeightSync:
     def push(self, version: int) -> dict[str, float]:
         t0 = time.perf_counter()
         n = len(self.learners.workers)
-        refs = [w.weight_sync.remote("push") for w in self.learners.workers]
+        refs = self.learners.submit("weight_sync", [("push",)] * n)
         refs += [w.receive_weights.remote(version) for w in self.rollout.workers]
         results = ray.get(refs)
         sender, engines = results[0], results[n:]

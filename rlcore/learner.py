@@ -53,7 +53,8 @@ class LearnerWorker:
     def _load_model(self, mcfg: dict):
         # Master weights stay fp32; bf16/fp16 is a compute dtype applied by FSDP's policy.
         return load_causal_lm(
-            mcfg["path"], "float32", str(self.device), mcfg["attn_implementation"], mcfg["trust_remote_code"]
+            mcfg["path"], "float32", str(self.device), mcfg["attn_implementation"], mcfg["trust_remote_code"],
+            compute_dtype=mcfg["dtype"],
         )
 
     def _shard(self, model: torch.nn.Module, compute_dtype: torch.dtype) -> None:
@@ -69,6 +70,9 @@ class LearnerWorker:
 
     def _make_optimizer(self, lr: float) -> torch.optim.Optimizer:
         lcfg = self.cfg["learner"]
+        # After a no-grad forward FSDP2 leaves the root's parameters unsharded; an optimizer
+        # built on those tensors would never update the sharded ones (embeddings, norm, head).
+        self.model.reshard()
         return torch.optim.AdamW(
             self.model.parameters(), lr=lr, betas=tuple(lcfg["betas"]), weight_decay=lcfg["weight_decay"]
         )
@@ -80,7 +84,8 @@ class LearnerWorker:
     def enable_reference(self, path: str) -> None:
         """Freeze the model at `path` (the post-SFT policy the trainer saved) as the KL reference."""
         mcfg = self.cfg["model"]
-        ref, _ = load_causal_lm(path, "float32", str(self.device), mcfg["attn_implementation"])
+        ref, _ = load_causal_lm(path, "float32", str(self.device), mcfg["attn_implementation"],
+                                mcfg["trust_remote_code"], compute_dtype=mcfg["dtype"])
         ref.requires_grad_(False)
         self._shard(ref, DTYPES[mcfg["dtype"]])
         self.ref_model = ref.eval()
@@ -142,14 +147,8 @@ class LearnerWorker:
             mb[key] = torch.from_numpy(np.ascontiguousarray(part)).to(self.device)
         return mb
 
-    def _micro_batches(self, batch: dict[str, np.ndarray], indices: np.ndarray):
-        """Yield micro-batches of `micro_batch_size` rows in order, as tensors (the critic's)."""
-        size = self.cfg["learner"]["micro_batch_size"]
-        for start in range(0, len(indices), size):
-            yield self._to_tensors(batch, indices[start : start + size])
-
     def _plan(self, batch: dict[str, np.ndarray], indices: np.ndarray) -> list[np.ndarray]:
-        """Row groups for the policy's forward passes.
+        """Row groups for the forward passes (policy, critic, GVM norms).
 
         `learner.micro_batch_tokens` > 0: rows sorted by length (longest first) and packed while
         rows x longest row stays within the budget (a longer row goes alone); otherwise chunks of
@@ -234,22 +233,11 @@ class LearnerWorker:
         reproduce the full-batch loss exactly.
         """
         t0 = time.perf_counter()
-        lcfg = self.cfg["learner"]
         for group in self.optimizer.param_groups:
-            group["lr"] = hparams.get("lr", lcfg["lr"])
-        self.model.train()
-        n = len(batch["input_ids"])
-        minis = np.array_split(np.arange(n), hparams.get("mini_batches", lcfg["mini_batches"]))
-        totals: dict[str, float] = {}
-        count = 0
-        for _ in range(hparams.get("epochs", lcfg["epochs"])):
-            for mini in minis:
-                metrics = self._optimizer_step(batch, mini, loss, hparams)
-                for k, v in metrics.items():
-                    totals[k] = totals.get(k, 0.0) + v
-                count += 1
+            group["lr"] = hparams.get("lr", self.cfg["learner"]["lr"])
+        metrics = self._train_steps(batch, hparams, lambda mini: self._optimizer_step(batch, mini, loss, hparams))
         # Keys that already name their section ("async/is_weight_mean") keep it.
-        out = {(k if "/" in k else f"train/{k}"): v / count for k, v in totals.items()}
+        out = {(k if "/" in k else f"train/{k}"): v for k, v in metrics.items()}
         out["time/update_rank_s"] = time.perf_counter() - t0
         return out
 
@@ -258,25 +246,89 @@ class LearnerWorker:
         dist.all_reduce(t)
         return float(t.item())
 
+    # The training loop shared by the policy (`train`), the critic (rlcore/critic.py) and GVM's
+    # gradient norms: `_train_steps` runs epochs x mini-batches of optimizer steps,
+    # `_accumulate_step` one optimizer step, `_backward_passes` its forward/backward passes. A
+    # micro-batch's loss comes from a callable `micro_loss(mb) -> (loss, metrics, weight)`:
+    # `loss` uses the global normalisers, so the sum over micro-batches and ranks is the
+    # mini-batch's loss; `metrics` are means over the micro-batch, combined weighted by `weight`
+    # (its trained tokens), or as max/min for keys ending in _max/_min.
+
+    def _train_steps(self, batch: dict[str, np.ndarray], hparams: dict, step) -> dict[str, float]:
+        """`step(indices)` over epochs x mini-batches of this rank's rows; metrics averaged over steps."""
+        lcfg = self.cfg["learner"]
+        self.model.train()
+        n = len(batch["input_ids"])
+        minis = np.array_split(np.arange(n), hparams.get("mini_batches", lcfg["mini_batches"]))
+        totals: dict[str, float] = {}
+        count = 0
+        for _ in range(hparams.get("epochs", lcfg["epochs"])):
+            for mini in minis:
+                for k, v in step(mini).items():
+                    totals[k] = totals.get(k, 0.0) + v
+                count += 1
+        return {k: v / count for k, v in totals.items()}
+
+    def _accumulate_step(self, batch: dict[str, np.ndarray], rows: np.ndarray, micro_loss) -> dict[str, float]:
+        """One optimizer step: gradients of `micro_loss` accumulated over `rows` (see
+        `_backward_passes`), clipped to learner.grad_clip, then applied.
+
+        Returns "loss" (this rank's part of the mini-batch loss: the parts add up over ranks),
+        "grad_norm" (global, before clipping) and the other metrics over the rows that ran.
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        sums, weights = self._backward_passes(batch, rows, micro_loss)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["learner"]["grad_clip"])
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        self.optimizer.step()
+        result = {k: (v if (k.endswith(("_max", "_min")) or k == "loss") else v / max(weights, 1.0))
+                  for k, v in sums.items()}
+        result["grad_norm"] = float(grad_norm)
+        return result
+
+    def _backward_passes(self, batch: dict[str, np.ndarray], rows: np.ndarray, micro_loss):
+        """Forward/backward over `rows` in the passes of `_plan`, accumulating gradients.
+
+        Every rank runs the same number of passes (`_agree`; a rank with fewer runs zero-weight
+        filler passes) and at least one, so every parameter gets a (zero) gradient and AdamW
+        steps as usual. Returns (sums, weights): "loss" summed, the other metrics summed
+        weighted by their micro-batch's weight (or max/min), and the total weight.
+        """
+        plan = self._plan(batch, rows)
+        sums: dict[str, float] = {"loss": 0.0}  # other metrics come from the rows that ran
+        weights = 0.0
+        for k in range(self._agree(len(plan), at_least=1)):
+            if k >= len(plan):
+                (self._filler_output() * 0.0).backward()
+                continue
+            value, metrics, w = micro_loss(self._to_tensors(batch, plan[k]))
+            # FSDP averages gradients over ranks; scale so the sum over ranks is the global loss.
+            (value * float(self.world_size)).backward()
+            weights += w
+            # Micro-batch losses use global normalisers, so their sum (over ranks too) is the loss.
+            sums["loss"] += float(value.detach())
+            for key, v in metrics.items():
+                if key.endswith("_max"):
+                    sums[key] = max(sums.get(key, -np.inf), v)
+                elif key.endswith("_min"):
+                    sums[key] = min(sums.get(key, np.inf), v)
+                else:
+                    sums[key] = sums.get(key, 0.0) + v * w
+        return sums, weights
+
+    def _filler_output(self) -> torch.Tensor:
+        """The model's output on the `_filler` row, summed: a pass that joins the collectives
+        (the critic overrides it with its values)."""
+        logp, _ = self._logprobs(self.model, **self._filler(), temperature=1.0)
+        return logp.sum()
+
     def _optimizer_step(self, batch, indices, loss: str, hparams: dict) -> dict[str, float]:
         mask_all = batch["loss_mask"][indices]
         tokens = self._global_sum(float(mask_all.sum()))
         seqs = self._global_sum(float((mask_all.sum(1) > 0).sum()))
-        # FSDP averages gradients over ranks; scale so the sum over ranks is the global loss.
-        scale = float(self.world_size)
-        self.optimizer.zero_grad(set_to_none=True)
-        sums: dict[str, float] = {"loss": 0.0}  # other metrics come from the rows that ran
-        weights = 0.0
         temperature = hparams.get("temperature", 1.0)
-        rows = self._rows_to_run(batch, indices, loss, hparams)
-        plan = self._plan(batch, rows)
-        # At least one pass, so every parameter gets a (zero) gradient and AdamW steps as usual.
-        for k in range(self._agree(len(plan), at_least=1)):
-            if k >= len(plan):
-                logp, _ = self._logprobs(self.model, **self._filler(), temperature=temperature)
-                (logp.sum() * 0.0).backward()
-                continue
-            mb = self._to_tensors(batch, plan[k])
+
+        def micro_loss(mb: dict[str, torch.Tensor]):
             mask = mb["loss_mask"].float()
             logp, entropy = self._logprobs(
                 self.model, mb["input_ids"], mb["attention_mask"], temperature, with_entropy=True,
@@ -316,26 +368,10 @@ class LearnerWorker:
                 if "rollout_logp" in mb:
                     diff = (logp.detach() - mb["rollout_logp"]).abs() * mask
                     metrics["rollout_logp_diff_max"] = float(diff.max())
-            (value * scale).backward()
-            w = float(mask.sum())
-            weights += w
             metrics["entropy"] = float((entropy * mask).sum() / mask.sum().clamp(min=1))
-            # Micro-batch losses use global normalisers, so their sum (over ranks too) is the loss.
-            sums["loss"] = sums.get("loss", 0.0) + float(value.detach())
-            for k, v in metrics.items():
-                if k.endswith("_max"):
-                    sums[k] = max(sums.get(k, -np.inf), v)
-                elif k.endswith("_min"):
-                    sums[k] = min(sums.get(k, np.inf), v)
-                else:
-                    sums[k] = sums.get(k, 0.0) + v * w
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["learner"]["grad_clip"])
-        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-        self.optimizer.step()
-        result = {k: (v if (k.endswith(("_max", "_min")) or k == "loss") else v / max(weights, 1.0))
-                  for k, v in sums.items()}
-        result["grad_norm"] = float(grad_norm)
-        return result
+            return value, metrics, float(mask.sum())
+
+        return self._accumulate_step(batch, self._rows_to_run(batch, indices, loss, hparams), micro_loss)
 
     def _rows_to_run(self, batch, indices: np.ndarray, loss: str, hparams: dict) -> np.ndarray:
         """Rows of `indices` whose loss can be non-zero.
@@ -353,31 +389,26 @@ class LearnerWorker:
     def likelihood_grad_norms(self, batch: dict[str, np.ndarray], group_ids: list[int]) -> list[float]:
         """Per group: norm of the gradient of its rows' token-mean log-likelihood (GVM's G_i).
 
-        Every rank sees the whole batch and takes a strided share of each group's rows, so each
-        backward is one collective over the same group; FSDP's gradient average is undone by
-        scaling with the world size, as in `train`. Parameters are not updated.
+        Every rank sees the whole batch and takes a strided share of each group's rows; the
+        shares may need different numbers of passes (or none), so they run through
+        `_backward_passes`, whose ranks agree on the pass count. FSDP's gradient average is
+        undone by scaling with the world size, as in `train`. Parameters are not updated.
         """
         self.model.train()
         groups = np.asarray(group_ids)
         norms = []
         for g in sorted(set(group_ids)):
             rows = np.flatnonzero(groups == g)
-            tokens = float(batch["loss_mask"][rows].sum())
-            mine = rows[self.rank :: self.world_size]
-            self.optimizer.zero_grad(set_to_none=True)
-            plan = self._plan(batch, mine)
-            # Ranks may hold different numbers of rows: a rank out of rows joins at zero weight.
-            for k in range(self._agree(len(plan), at_least=1)):
-                if k >= len(plan):
-                    logp, _ = self._logprobs(self.model, **self._filler(), temperature=1.0)
-                    (logp.sum() * 0.0).backward()
-                    continue
-                mb = self._to_tensors(batch, plan[k])
+            tokens = max(float(batch["loss_mask"][rows].sum()), 1.0)
+
+            def micro_loss(mb: dict[str, torch.Tensor], tokens: float = tokens):
                 mask = mb["loss_mask"].float()
                 logp, _ = self._logprobs(self.model, mb["input_ids"], mb["attention_mask"], 1.0,
                                          start=self._first_scored(mb))
-                loss = -(logp * mask).sum() / max(tokens, 1.0)
-                (loss * self.world_size).backward()
+                return -(logp * mask).sum() / tokens, {}, float(mask.sum())
+
+            self.optimizer.zero_grad(set_to_none=True)
+            self._backward_passes(batch, rows[self.rank :: self.world_size], micro_loss)
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf"))
             norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
             norms.append(float(norm))

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
+from pathlib import Path
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
@@ -111,10 +113,17 @@ def create_learner_group(cfg: ExperimentConfig, role: str = "policy", timeout_s:
 
 
 def create_rollout_group(cfg: ExperimentConfig) -> list:
+    """rollout.num_workers engines; actor creation does not wait for them to load."""
+    return [create_rollout_worker(cfg) for _ in range(cfg.rollout.num_workers)]
+
+
+def create_rollout_worker(cfg: ExperimentConfig):
+    """One engine actor (also what replaces an engine that died)."""
     from rollout.worker import RolloutWorker
 
     rc = cfg.rollout
-    engine_kwargs = {"dtype": cfg.model.dtype, "seed": cfg.seed, "cpu_cores": list(rc.cpu_cores)}
+    engine_kwargs = {"dtype": cfg.model.dtype, "seed": cfg.seed, "cpu_cores": list(rc.cpu_cores),
+                     "trust_remote_code": cfg.model.trust_remote_code}
     if rc.engine == "vllm":
         engine_kwargs.update(
             max_model_len=rc.max_model_len,
@@ -123,14 +132,9 @@ def create_rollout_group(cfg: ExperimentConfig) -> list:
             enforce_eager=rc.enforce_eager,
             extra=rc.vllm_kwargs,
         )
-    actor_cls = ray.remote(RolloutWorker)
-    workers = [
-        actor_cls.options(num_cpus=rc.cpus_per_worker, num_gpus=rc.gpus_per_worker).remote(
-            rc.engine, cfg.model.path, engine_kwargs
-        )
-        for _ in range(rc.num_workers)
-    ]
-    return workers
+    return ray.remote(RolloutWorker).options(num_cpus=rc.cpus_per_worker, num_gpus=rc.gpus_per_worker).remote(
+        rc.engine, cfg.model.path, engine_kwargs
+    )
 
 
 def shutdown_group(workers: list, placement=None) -> None:
@@ -145,3 +149,52 @@ def shutdown_group(workers: list, placement=None) -> None:
     if placement is not None:  # a leaked placement group keeps its CPUs/GPUs reserved
         remove_placement_group(placement)
 
+
+
+class SharedFilesystemError(RuntimeError):
+    """A worker cannot see a file the driver wrote: the cluster's nodes do not share the disk."""
+
+
+def _unseen(worker, expected: dict[str, tuple[str, str | None]]) -> tuple[str, list[tuple[str, str]]]:
+    """Runs inside a worker: which of `expected` (what -> (path, content or None)) it cannot read."""
+    missing = []
+    for what, (path, content) in expected.items():
+        try:
+            ok = Path(path).is_file() and (content is None or Path(path).read_text() == content)
+        except OSError:
+            ok = False
+        if not ok:
+            missing.append((what, path))
+    return ray.util.get_node_ip_address(), missing
+
+
+def check_shared_filesystem(groups: dict[str, list], run_dir: Path, model_path: str) -> None:
+    """Every worker must see the run directory and the model the driver sees, at the same paths.
+
+    Workers read what others wrote there: learner checkpoints (each rank its shard, the driver
+    the trainer state), the KL reference model that rank 0 saves, a converted or built model.
+    On a multi-node cluster that needs a filesystem every node mounts at the same path; a fresh
+    token written by the driver is read back by every worker, so a stale copy does not pass.
+    """
+    probe = Path(run_dir).resolve() / f".shared_fs_probe_{uuid.uuid4().hex[:8]}"
+    token = uuid.uuid4().hex
+    probe.parent.mkdir(parents=True, exist_ok=True)
+    probe.write_text(token)
+    expected = {"run directory (output_dir/name)": (str(probe), token)}
+    model_config = Path(model_path) / "config.json"
+    if model_config.is_file():  # a hub id is fetched by each worker itself
+        expected["model.path"] = (str(model_config.resolve()), None)
+    try:
+        refs = {(role, i): w.__ray_call__.remote(_unseen, expected)
+                for role, workers in groups.items() for i, w in enumerate(workers)}
+        problems = []
+        for (role, i), ref in refs.items():
+            node, missing = ray.get(ref)
+            problems += [f"{role} {i} on node {node} cannot read the {what} at {path}" for what, path in missing]
+    finally:
+        probe.unlink(missing_ok=True)
+    if problems:
+        raise SharedFilesystemError(
+            "; ".join(problems) + ". Workers read checkpoints, the KL reference model and the model from "
+            "these paths: on a multi-node Ray cluster put output_dir and model.path on a filesystem that "
+            "every node mounts at the same path (NFS, Lustre, a cloud file store), given as absolute paths.")

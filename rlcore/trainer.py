@@ -14,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import ray
 import torch
 
 from algorithms import get_algorithm
@@ -66,6 +67,11 @@ class LogprobMismatchError(RuntimeError):
     """Rollout and learner disagree on log-probs of the same tokens after a weight sync."""
 
 
+class WorkerDiedError(RuntimeError):
+    """A learner (or critic) rank died, or rollout engines died more often than allowed: the
+    run stops; the message says how to resume from the last complete checkpoint."""
+
+
 class Trainer:
     def __init__(self, cfg: ExperimentConfig, reward=None):
         """Everything that can fail on bad input fails here, before any worker starts."""
@@ -99,8 +105,11 @@ class Trainer:
         self.wall_time_before = 0.0
         self.eval_history: list[dict] = []
         self.version = 0  # policy version (updates applied) of the weights on the engines
+        self.rollout_restarts = 0  # engines replaced after they died (trainer.max_actor_restarts)
         self.pipeline = RolloutPipeline(self._rollout, cfg.rollout.max_staleness, cfg.trainer.total_steps)
         self._restored_rollouts: list[Rollout] = []
+        self._saved_step: int | None = None  # step of the last checkpoint this run wrote
+        self._last_save = time.monotonic()
 
     # ------------------------------------------------------------------ setup
 
@@ -129,18 +138,26 @@ class Trainer:
                     f"resume=latest, start over with overwrite=true, or pick another name=..."
                 )
             return None
-        return ckpt.resolve_checkpoint(self.run_dir, self.cfg.resume)
+        path = ckpt.resolve_checkpoint(self.run_dir, self.cfg.resume)
+        # before run() overwrites run_dir/config.yaml (the fallback for checkpoints without their own)
+        ckpt.check_resume_compatible(path, self.cfg, self.run_dir)
+        return path
 
     def _start_workers(self) -> None:
         topology.connect(self.cfg)
         # Both groups load their model concurrently; actor creation does not block.
         rollout_workers = topology.create_rollout_group(self.cfg)
-        self.rollout = RolloutGroup(rollout_workers)  # assigned first: _close must release it
+        # assigned first: _close must release it
+        self.rollout = RolloutGroup(rollout_workers, on_death=self._replace_rollout_workers)
         self.learners = LearnerGroup(*topology.create_learner_group(self.cfg))
         on_gpus = self.cfg.learner.gpus_per_rank > 0 and self.cfg.rollout.gpus_per_worker > 0
         self.weight_sync = make_weight_sync(self.cfg.rollout.weight_sync, self.learners, self.rollout, on_gpus)
         if self.spec.needs_critic:
             self.critic = LearnerGroup(*topology.create_learner_group(self.cfg, role="critic"))
+        topology.check_shared_filesystem(
+            {"rollout worker": self.rollout.workers, "learner rank": self.learners.workers,
+             **({"critic rank": self.critic.workers} if self.critic is not None else {})},
+            self.run_dir, self.cfg.model.path)
         self.tools = ToolRunner(self.cfg.tools, self.rollout.generate, self.tokenizer) if self.cfg.tools.enabled else None
         self.pool = RewardPool(
             self.reward, num_workers=self.cfg.reward.num_workers,
@@ -157,22 +174,23 @@ class Trainer:
             shutil.rmtree(self.run_dir / "checkpoints", ignore_errors=True)
         save_config(cfg, self.run_dir / "config.yaml")
         start = time.perf_counter()
-        self._start_workers()
         resume_step = None
         self.progress = Progress(enabled=cfg.tracking.progress)
         try:
+            self._start_workers()  # inside the try: workers started before a failure are released
             with self.progress:
                 if self.resume_from is not None:
                     resume_step = self._restore(self.resume_from)
                 else:
                     self._warm_up()
                 self.tracker = Tracker(self.run_dir, cfg.tracking, cfg.to_dict(), resume_step)
-                self._sync_weights(check=False)
+                self._sync_weights(check=True, sequences=self._probe_sequences())
                 self.version = self.step
-                if resume_step is None:
+                if resume_step is None and self.evaluates:
                     self._log(0, self._evaluate(), start)
                 self.progress.start_rl(cfg.trainer.total_steps, self.step)
                 self.pipeline.start(self.step + 1, self._restored_rollouts)
+                self._last_save = time.monotonic()  # checkpoint_every_minutes counts from here
                 while self.step < cfg.trainer.total_steps:
                     if cfg.trainer.max_wall_time_s and self._elapsed(start) > cfg.trainer.max_wall_time_s:
                         self.progress.note(f"max_wall_time_s reached after step {self.step}; stopping")
@@ -183,16 +201,24 @@ class Trainer:
                     self.step += 1
                     metrics = self._train_step()
                     last = self.step == cfg.trainer.total_steps
-                    if (cfg.eval.every and self.step % cfg.eval.every == 0) or last:
+                    if self.evaluates and ((cfg.eval.every and self.step % cfg.eval.every == 0) or last):
                         metrics.update(self._evaluate())
                     self._log(self.step, metrics, start)
-                    if cfg.trainer.checkpoint_every and self.step % cfg.trainer.checkpoint_every == 0:
+                    if ckpt.checkpoint_due(self.step, cfg.trainer.checkpoint_every,
+                                           cfg.trainer.checkpoint_every_minutes, time.monotonic() - self._last_save):
                         self._save(start)
                     self.pipeline.after_push(self.step)  # evals and saves see an idle engine
-                if not self.eval_history or self.eval_history[-1]["step"] != self.step:
+                if self.evaluates and (not self.eval_history or self.eval_history[-1]["step"] != self.step):
                     self._log(self.step, self._evaluate(), start)
-                self._save(start)
+                    self._saved_step = None  # eval_history changed after the last save
+                if self._saved_step != self.step:  # else the last step's periodic save is the final one
+                    self._save(start)
             return self._finish(start)
+        except ray.exceptions.RayActorError as e:
+            # Engines are replaced where they are called (RolloutGroup); what reaches here is a
+            # learner or critic rank, whose sharded state cannot be rebuilt from the others.
+            raise WorkerDiedError(f"step {self.step}: a worker died ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else ''}). {self._resume_hint()}") from e
         finally:
             self._close()
 
@@ -228,6 +254,7 @@ class Trainer:
         ckpt.restore_rng(state["rng"])
         self.step = state["step"]
         self.samples_generated = state["samples_generated"]
+        self.rollout_restarts = state.get("rollout_restarts", 0)
         self.wall_time_before = state["wall_time_s"]
         self.eval_history = state["eval_history"]
         self._restored_rollouts = ckpt.load_rollouts_ahead(path)
@@ -348,6 +375,7 @@ class Trainer:
             "sync/logprob_diff_max": mismatch,
             "throughput/gen_tokens_per_s": float(lengths.sum() / max(timings["time/generate_s"], 1e-9)),
             "samples/generated": self.samples_generated,
+            "fault/rollout_restarts": self.rollout_restarts,
             **sample_metrics, **update_metrics, **self.allocator.metrics(),
             **train_metrics, **timings, **rollout.reward_metrics,
             **(tool_metrics(step_completions) if self.tools is not None else {}),
@@ -378,21 +406,78 @@ class Trainer:
 
     def _sync_weights(self, check: bool, sequences: list[list[int]] | None = None) -> float | None:
         """Push learner weights to every engine, then measure how far their log-probs differ."""
-        self.last_sync = self.weight_sync.push(self.step)  # timings: gather, transfer, load
+        dead = self.rollout.dead_workers()  # an engine that died since the last call is replaced first
+        if dead:
+            self.rollout.replace_dead(dead)
+        try:
+            self.last_sync = self.weight_sync.push(self.step)  # timings: gather, transfer, load
+        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError):
+            dead = self.rollout.dead_workers()  # an engine died mid-push: replace it and push again
+            if not dead:
+                raise
+            self.rollout.replace_dead(dead)
+            self.last_sync = self.weight_sync.push(self.step)
         if not check or not sequences:
             return None
+        return self._check_logprobs(sequences)
+
+    def _check_logprobs(self, sequences: list[list[int]]) -> float:
+        """Largest |learner - engine| log-prob over every engine; stop above the threshold."""
         ours = self.learners.sequence_logprobs(sequences)
-        theirs = self.rollout.sequence_logprobs(sequences)
-        diff = max(float(np.max(np.abs(np.array(a) - np.array(b)))) for a, b in zip(ours, theirs))
-        threshold = logprob_mismatch_threshold(self.cfg)
-        if diff > threshold:
-            raise LogprobMismatchError(
-                f"step {self.step}: rollout and learner log-probs differ by {diff:.4g} after weight sync "
-                f"(> trainer.logprob_mismatch_threshold={threshold} for model.dtype {self.cfg.model.dtype})"
-            )
+        diff = 0.0
+        for engine, theirs in enumerate(self.rollout.sequence_logprobs(sequences)):
+            worst = max(float(np.max(np.abs(np.array(a) - np.array(b)))) for a, b in zip(ours, theirs))
+            threshold = logprob_mismatch_threshold(self.cfg)
+            if worst > threshold:
+                raise LogprobMismatchError(
+                    f"step {self.step}: rollout engine {engine} and the learner differ by {worst:.4g} in log-prob "
+                    f"after weight sync (> trainer.logprob_mismatch_threshold={threshold} for model.dtype "
+                    f"{self.cfg.model.dtype})"
+                )
+            diff = max(diff, worst)
         return diff
 
+    def _probe_sequences(self) -> list[list[int]]:
+        """Prompts for the log-prob check of the first sync, before anything was generated."""
+        n = self.cfg.trainer.logprob_check_sequences
+        return [self.renderer.ids(r) for r in (self.train_records or self.eval_records)[:n]]
+
+    def _replace_rollout_workers(self, indices: list[int]) -> None:
+        """RolloutGroup's on_death: new engines in place of dead ones, the learner's weights
+        pushed to them (a new weight-update group: the old one had the dead engine in it)."""
+        cfg = self.cfg
+        if self.rollout_restarts + len(indices) > cfg.trainer.max_actor_restarts:
+            raise WorkerDiedError(
+                f"step {self.step}: rollout worker(s) {indices} died, after {self.rollout_restarts} restarts "
+                f"(trainer.max_actor_restarts={cfg.trainer.max_actor_restarts}). {self._resume_hint()}")
+        for i in indices:
+            ray.kill(self.rollout.workers[i], no_restart=True)
+            self.rollout.workers[i] = topology.create_rollout_worker(cfg)
+        self.rollout_restarts += len(indices)
+        self.progress.note(f"step {self.step}: rollout worker(s) {indices} died; replaced "
+                           f"({self.rollout_restarts} of trainer.max_actor_restarts={cfg.trainer.max_actor_restarts})")
+        on_gpus = cfg.learner.gpus_per_rank > 0 and cfg.rollout.gpus_per_worker > 0
+        self.weight_sync = make_weight_sync(cfg.rollout.weight_sync, self.learners, self.rollout, on_gpus)
+        # With asynchronous rollout the learner may be a version or more ahead of the batch's
+        # schedule: the rest of the batch comes from a fresher policy (the TIS weights use the
+        # engine's own log-probs, so they stay right); synchronously it is the same version.
+        self.weight_sync.push(self.version)
+        self._check_logprobs(self._probe_sequences())
+
+    def _resume_hint(self) -> str:
+        done = ckpt.list_checkpoints(self.run_dir)
+        where = f"the last complete checkpoint is {done[-1]}" if done else "no checkpoint was written yet"
+        return (f"The run stopped; {where}. Continue it with: rlcore train --resume {self.run_dir}"
+                if done else f"The run stopped; {where} (trainer.checkpoint_every and "
+                                                     "trainer.checkpoint_every_minutes set how often).")
+
     # ------------------------------------------------------------------ eval
+
+    @property
+    def evaluates(self) -> bool:
+        """Whether there is anything to evaluate on: an eval set or shipped benchmarks. Without
+        one, no eval/ metrics are logged at all (rather than an accuracy of NaN)."""
+        return bool(self.eval_records) or bool(self.cfg.eval.benchmarks)
 
     def _evaluate(self) -> dict:
         t = time.perf_counter()
@@ -410,9 +495,8 @@ class Trainer:
         completions = self.generate(requests, self._sampling(self.cfg.eval.temperature)) if records else []
         results = self._score(records, completions) if records else []
         correct = np.array([is_accepted(r) for r in results], dtype=float)
-        if records or not bench:
-            metrics.update({"eval/accuracy": float(correct.mean()) if records else float("nan"),
-                            "eval/num_prompts": len(records)})
+        if records:
+            metrics.update({"eval/accuracy": float(correct.mean()), "eval/num_prompts": len(records)})
         in_train = [(rec.get("metadata") or {}).get("in_train") for rec in records]
         by_level: dict[str, list[float]] = {}
         for rec, ok in zip(records, correct):
@@ -429,11 +513,11 @@ class Trainer:
             metrics.update(self._evaluate_sampled(records, prompt_ids, in_train))
         metrics["time/eval_s"] = time.perf_counter() - t
         self.eval_history.append({
-            "step": self.step, "accuracy": metrics["eval/accuracy"],
+            "step": self.step, "accuracy": metrics.get("eval/accuracy"),
             "accuracy_unseen": metrics.get("eval/accuracy_unseen"),
             "accuracy_sampled": metrics.get("eval/accuracy_sampled"),
         })
-        self.progress.eval_done(self.step, metrics["eval/accuracy"])
+        self.progress.eval_done(self.step, metrics.get("eval/accuracy", float("nan")))
         self.pool.pop_metrics()  # eval scoring is not training reward throughput
         return metrics
 
@@ -480,7 +564,7 @@ class Trainer:
         state = {
             "step": self.step, "source": self.source.state_dict(), "rng": ckpt.capture_rng(),
             "samples_generated": self.samples_generated, "wall_time_s": self._elapsed(start),
-            "eval_history": self.eval_history, "allocator": self.allocator.state_dict(),
+            "rollout_restarts": self.rollout_restarts, "eval_history": self.eval_history, "allocator": self.allocator.state_dict(),
         }
 
         ahead = self.pipeline.ahead()  # batches generated for later steps: a resume trains on them
@@ -491,7 +575,9 @@ class Trainer:
                 self.critic.call("save_checkpoint", str(tmp))
             ckpt.save_rollouts_ahead(tmp, ahead)
 
-        ckpt.save_checkpoint(self.run_dir, self.step, state, save_workers, self.cfg.trainer.keep_last)
+        ckpt.save_checkpoint(self.run_dir, self.step, state, save_workers, self.cfg.trainer.keep_last,
+                             config=self.cfg.to_dict())
+        self._saved_step, self._last_save = self.step, time.monotonic()
 
     def _finish(self, start: float) -> dict:
         evals = self.eval_history

@@ -11,8 +11,10 @@ from rollout.model_io import expected_weight_shapes, load_causal_lm
 
 
 class HFEngine(Engine):
-    def __init__(self, model_path: str, dtype: str = "float32", device: str = "cpu", batch_size: int = 64):
-        self.model, self.tokenizer = load_causal_lm(model_path, dtype=dtype, device=device)
+    def __init__(self, model_path: str, dtype: str = "float32", device: str = "cpu", batch_size: int = 64,
+                 trust_remote_code: bool = False):
+        self.model, self.tokenizer = load_causal_lm(model_path, dtype=dtype, device=device,
+                                                    trust_remote_code=trust_remote_code)
         self.model.eval()
         self.device = device
         self.batch_size = batch_size

@@ -27,12 +27,15 @@ class VLLMEngine(Engine):
         tensor_parallel_size: int = 1,
         enforce_eager: bool = True,
         extra: dict | None = None,
+        trust_remote_code: bool = False,
     ):
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default reserves far more
         from vllm import LLM
 
         kwargs = dict(extra or {})
+        # model.trust_remote_code (rollout.vllm_kwargs may also turn it on, never off)
+        trust_remote_code = bool(kwargs.pop("trust_remote_code", False) or trust_remote_code)
         import torch
 
         if not torch.cuda.is_available():
@@ -58,10 +61,11 @@ class VLLMEngine(Engine):
             # Log-probs of the distribution actually sampled from (after temperature), which is
             # what the learner's importance ratio must be taken against.
             logprobs_mode="processed_logprobs",
+            trust_remote_code=trust_remote_code,
             **kwargs,
         )
         self.tokenizer = self.llm.get_tokenizer()
-        self._expected, self._tied = _expected_shapes(model_path)
+        self._expected, self._tied = _expected_shapes(model_path, trust_remote_code)
         self._fast_reload = None  # set by the first load_weights
         # After LLM(): building the engine runs vLLM's logging dictConfig, which resets the
         # levels of its child loggers (a setLevel made before it is lost).
@@ -166,16 +170,16 @@ def _as_tensor(value):
         return torch.from_numpy(np.asarray(value))
 
 
-def _expected_shapes(model_path: str) -> tuple[dict[str, tuple[int, ...]], bool]:
+def _expected_shapes(model_path: str, trust_remote_code: bool = False) -> tuple[dict[str, tuple[int, ...]], bool]:
     """HF parameter names/shapes, built on the meta device (no memory, no weights read)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from rollout.model_io import expected_weight_shapes
 
-    config = AutoConfig.from_pretrained(model_path)
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     return expected_weight_shapes(model), bool(getattr(config, "tie_word_embeddings", False))
 
 

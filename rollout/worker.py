@@ -8,17 +8,19 @@ from rlcore.cpu_pinning import pin_to_cores
 from rollout.engine import Completion, Engine, Request, SamplingConfig
 
 
-def make_engine(name: str, model_path: str, *, dtype: str = "float32", seed: int = 0, **kw) -> Engine:
+def make_engine(name: str, model_path: str, *, dtype: str = "float32", seed: int = 0,
+                trust_remote_code: bool = False, **kw) -> Engine:
     if name == "vllm":
         from rollout.vllm_engine import VLLMEngine
 
-        return VLLMEngine(model_path, dtype=dtype, seed=seed, **kw)
+        return VLLMEngine(model_path, dtype=dtype, seed=seed, trust_remote_code=trust_remote_code, **kw)
     if name == "hf":
         from rollout.hf_engine import HFEngine
 
         import torch
 
-        return HFEngine(model_path, dtype=dtype, device="cuda" if torch.cuda.is_available() else "cpu")
+        return HFEngine(model_path, dtype=dtype, device="cuda" if torch.cuda.is_available() else "cpu",
+                        trust_remote_code=trust_remote_code)
     raise ValueError(f"unknown rollout engine {name!r} (expected 'vllm' or 'hf')")
 
 

@@ -1,10 +1,47 @@
-"""Host-side checks that sandboxes left nothing behind (used by tests and benchmarks)."""
+"""Host-side checks that sandboxes left nothing behind, and whether sandbox tests may skip
+(used by tests and benchmarks)."""
 from __future__ import annotations
 
 import os
 import time
 
+from tools_sandbox import isolation as _iso
 from tools_sandbox import sandbox as _sandbox
+
+# Every sandbox test skipped for want of isolation says this: .ci/run counts such skips.
+SKIP_MARK = "SANDBOX-SKIP"
+
+
+def skip_reason(exc: _iso.SandboxUnavailable) -> str | None:
+    """The reason to skip a sandbox test for, or None where ``exc`` must fail the test.
+
+    Only what the machine lacks may skip: bubblewrap itself, or namespaces the kernel refuses
+    (named, with the kernel's error). A sandbox that fails to start on a machine that has both
+    is a bug of ours, and a too-old bubblewrap a setup fault: those fail.
+    """
+    if exc.kind not in _iso.MACHINE_LACKS:
+        return None
+    what = exc.kind
+    if exc.kind == _iso.NAMESPACES_FORBIDDEN and exc.namespaces:
+        what += f" ({', '.join(exc.namespaces)})"
+    return f"{SKIP_MARK}: {what}: {exc}"
+
+
+def sandbox_or_skip(isolation: str = "bwrap") -> "_iso.Isolation":
+    """For tests: this machine's bwrap isolation, or a pytest skip saying what is missing.
+
+    Never falls back to running unisolated (RLCORE_SANDBOX_UNSAFE_NO_ISOLATION is ignored), and
+    any other start failure raises SandboxUnavailable: the test fails.
+    """
+    try:
+        return _iso.resolve(isolation, env_fallback=False)
+    except _iso.SandboxUnavailable as exc:
+        reason = skip_reason(exc)
+        if reason is None:
+            raise
+        import pytest
+
+        pytest.skip(reason)
 
 
 def marker_pids(marker: str) -> list[int]:
@@ -49,3 +86,12 @@ def leftovers(marker: str | None = None, timeout_s: float = 10.0) -> list[int]:
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.02)
+
+
+def host_dirs_in_scratch(python: str | None = None, ro_binds=()) -> list[str]:
+    """Names in a fresh sandbox's /scratch: the read-only host dirs bound there (an interpreter
+    or project under /tmp or /scratch on the host); none in the usual layout."""
+    iso = _iso.resolve("bwrap", python, env_fallback=False)
+    dsts = [_iso.sandbox_path(p) for p in iso.python.prefixes] + [
+        _iso.sandbox_path(b if isinstance(b, str) else b[1]) for b in ro_binds]
+    return sorted({d.split("/")[2] for d in dsts if d.startswith(_iso.SCRATCH + "/")})

@@ -2,7 +2,9 @@
 the in-process comparer could not decide. Framed pickles over stdin/stdout.
 
 Ops: ("equal", (pred_node, gold_node, policy)) -> bool; ("sleep", seconds) -> True (tests use
-it to exercise the timeout path).
+it to exercise the timeout path). Replies are ("ok", value), ("error", message) for a failed
+request, or ("sympy_error", message) when sympy raised on a check that decided the answer (the
+verifier records it as the reason ``sympy_error``; it is not a "not equal").
 """
 
 from __future__ import annotations
@@ -59,30 +61,49 @@ def to_sympy(node):
     raise ValueError(f"no sympy form for {tag}")
 
 
+_MAX_MESSAGE = 300
+
+
+class SympyFailed(Exception):
+    """sympy raised on a check the answer depends on; the message names the exception."""
+
+
 def _fallback(kind, *args):
-    """Decide what the in-process comparer could not (scalar identity, relations, solution sets)."""
+    """Decide what the in-process comparer could not (scalar identity, relations, solution sets).
+
+    Exceptions propagate: ``_recording`` turns them into "undecided" and remembers them."""
     import sympy as sp
 
-    try:
-        if kind == "scalar":
-            a, b = to_sympy(args[0]), to_sympy(args[1])
-            diff = sp.simplify(a - b)
-            if diff == 0:
-                return True
-            eq = a.equals(b)
-            return bool(eq) if eq is not None else False
-        if kind == "rel":
-            f, g, op = to_sympy(args[0]), to_sympy(args[1]), args[2]
-            ratio = sp.simplify(f / g)
-            if ratio.free_symbols or ratio == 0:
-                return False
-            return bool(ratio > 0) if op in (">", ">=") else True
-        if kind == "eqset":
-            f, g, var = to_sympy(args[0]), to_sympy(args[1]), sp.Symbol(args[2])
-            return sp.solveset(f, var, sp.S.Reals) == sp.solveset(g, var, sp.S.Reals)
-    except Exception:
-        return False
+    if kind == "scalar":
+        a, b = to_sympy(args[0]), to_sympy(args[1])
+        diff = sp.simplify(a - b)
+        if diff == 0:
+            return True
+        eq = a.equals(b)
+        return bool(eq) if eq is not None else False
+    if kind == "rel":
+        f, g, op = to_sympy(args[0]), to_sympy(args[1]), args[2]
+        ratio = sp.simplify(f / g)
+        if ratio.free_symbols or ratio == 0:
+            return False
+        return bool(ratio > 0) if op in (">", ">=") else True
+    if kind == "eqset":
+        f, g, var = to_sympy(args[0]), to_sympy(args[1]), sp.Symbol(args[2])
+        return sp.solveset(f, var, sp.S.Reals) == sp.solveset(g, var, sp.S.Reals)
     return False
+
+
+def _recording(errors: list):
+    """``_fallback`` whose exceptions become None (undecided) and are appended to ``errors``."""
+
+    def fallback(kind, *args):
+        try:
+            return _fallback(kind, *args)
+        except Exception as exc:  # RecursionError, TypeError from sympy's relationals, ...
+            errors.append(f"{type(exc).__name__}: {exc}"[:_MAX_MESSAGE])
+            return None
+
+    return fallback
 
 
 def _handle(op, payload):
@@ -93,7 +114,10 @@ def _handle(op, payload):
         from rewards.math.compare import Comparer
 
         pred, gold, policy = payload
-        result = Comparer(policy, fallback=_fallback).equal(pred, gold)
+        errors: list[str] = []
+        result = Comparer(policy, fallback=_recording(errors)).equal(pred, gold)
+        if result is None and errors:  # the verdict hinged on a check sympy could not run
+            raise SympyFailed(errors[0])
         return bool(result)
     raise ValueError(f"unknown op {op!r}")
 
@@ -137,6 +161,8 @@ def main() -> None:
             return
         try:
             reply = ("ok", _handle(op, payload))
+        except SympyFailed as exc:
+            reply = ("sympy_error", str(exc))
         except Exception as exc:
             reply = ("error", f"{type(exc).__name__}: {exc}")
         _send(stdout, reply)

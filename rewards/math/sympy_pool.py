@@ -63,7 +63,8 @@ class _Proc:
 
 
 class SympyPool:
-    """``run(op, payload, timeout_s)`` -> ("ok", value) | ("timeout", None) | ("error", message)."""
+    """``run(op, payload, timeout_s)`` -> ("ok", value) | ("timeout", None) | ("error", message)
+    | ("sympy_error", message) (sympy raised on a check the verdict depends on)."""
 
     def __init__(self, size: int = 1, start_timeout_s: float = 60.0) -> None:
         self.size = max(1, int(size))

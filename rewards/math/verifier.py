@@ -30,8 +30,9 @@ _HUNDRED = ("num", Fraction(100), False)
 @dataclass(frozen=True)
 class VerifyResult:
     """Verdict plus why: reason is one of equal, not_equal, no_answer, no_gold, timeout,
-    too_large, error. ``method`` says how equality was decided (string, text, exact/numeric,
-    sympy) or which step failed."""
+    too_large, error, sympy_error (sympy raised on a check the verdict depends on: undecided,
+    not "not equal"). ``method`` says how equality was decided (string, text, exact/numeric,
+    sympy) or which step failed (for sympy_error: ``sympy: <exception>``)."""
 
     correct: bool
     reason: str
@@ -83,8 +84,8 @@ def check_equivalence(pred: Any, gold: Any, policy: Policy | None = None) -> Ver
         return VerifyResult(False, "too_large", pred, gold, "nesting")
     except Exception as exc:  # a bug must cost one sample, not the training step
         return VerifyResult(False, "error", pred, gold, f"{type(exc).__name__}: {exc}")
-    if verdict == "timeout":
-        return VerifyResult(False, "timeout", pred, gold, method)
+    if verdict in ("timeout", "sympy_error"):
+        return VerifyResult(False, verdict, pred, gold, method)
     return VerifyResult(bool(verdict), "equal" if verdict else "not_equal", pred, gold, method)
 
 
@@ -111,14 +112,20 @@ def _compare(p: _Prepared, g: _Prepared, policy: Policy):
 
     pool = get_pool()
     deadline = time.monotonic() + policy.timeout_s  # one budget for the whole check
+    sympy_error = None
     for pn, gn in undecided:
         status, value = pool.run("equal", (pn, gn, policy), max(deadline - time.monotonic(), 0.01))
         if status == "timeout":
             return "timeout", "sympy"
         if status == "error":
             raise RuntimeError(f"sympy worker: {value}")
+        if status == "sympy_error":  # another reading may still decide it
+            sympy_error = sympy_error or value
+            continue
         if value:
             return True, "sympy"
+    if sympy_error is not None:
+        return "sympy_error", f"sympy: {sympy_error}"
     return False, "sympy"
 
 

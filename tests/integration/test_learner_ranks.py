@@ -121,3 +121,114 @@ def test_two_ranks_with_different_pass_counts_match_one_process(model_dir):
             [torch.linalg.vector_norm(p.grad) for p in plain.parameters()]))))
     for rank in range(2):
         np.testing.assert_allclose(results[rank]["gvm"], ref_norms, rtol=1e-4)
+
+
+# GVM with rows-per-pass planning (micro_batch_size 2): group 0's five rows give rank 0 three rows
+# (two passes) and rank 1 two rows (one pass); group 1's three rows give 2 / 1 rows, one pass each.
+GVM_GROUPS = [0, 0, 0, 0, 0, 1, 1, 1]
+VALUE_CLIP = 0.2
+
+
+def _uneven_rank_main(rank: int, ports: tuple, cfgs: tuple, gvm_batch: dict, shards: list, out) -> None:
+    try:
+        from rlcore.critic import CriticWorker
+        from rlcore.learner import LearnerWorker
+
+        torch.set_num_threads(1)
+        learner = LearnerWorker(rank, 2, "127.0.0.1", ports[0], cfgs[0])
+        result = {"gvm": learner.likelihood_grad_norms(gvm_batch, GVM_GROUPS)}
+        learner.shutdown()
+        critic = CriticWorker(rank, 2, "127.0.0.1", ports[1], cfgs[1])
+        result["values"] = critic.compute_values(shards[rank])
+        result["critic"] = critic.train_values(shards[rank], {"value_clip": VALUE_CLIP, "mini_batches": 1,
+                                                              "epochs": 1})
+        critic.shutdown()
+        out.put((rank, result))
+    except BaseException:  # noqa: BLE001 - report to the parent instead of hanging it
+        out.put((rank, traceback.format_exc()))
+
+
+def _spawn_two_ranks(target, args: tuple) -> dict:
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(r, *args, out), daemon=True) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = {}
+    try:
+        for _ in range(2):
+            rank, res = out.get(timeout=TIMEOUT_S)
+            assert not isinstance(res, str), f"rank {rank} failed:\n{res}"
+            results[rank] = res
+    except queue.Empty:
+        pytest.fail(f"ranks did not finish within {TIMEOUT_S}s (a collective mismatch hangs)")
+    finally:
+        for p in procs:
+            p.join(timeout=30 if len(results) == 2 else 1)
+            if p.is_alive():
+                p.kill()
+    return results
+
+
+def test_gvm_norms_and_the_critic_with_uneven_passes_on_two_ranks(model_dir):
+    """GVM's strided row shares and the critic's token-budget plan give the two ranks different
+    numbers of forward/backward passes: nothing hangs, GVM's norms are the single-process ones,
+    and the critic's logged loss (reduced over ranks as LearnerGroup does) is the value loss."""
+    from types import SimpleNamespace
+
+    from algorithms.ppo import value_loss
+    from rlcore.critic import CriticWorker
+    from rlcore.groups import reduce_rank_metrics
+    from rollout.model_io import load_causal_lm
+
+    gvm_cfg = _learner_cfg(model_dir, num_ranks=2, micro_batch_size=2, micro_batch_tokens=0)
+    critic_cfg = _learner_cfg(model_dir, num_ranks=2, micro_batch_tokens=24)
+    gvm_batch = _batch(seed=23, rows=len(GVM_GROUPS))
+    # Critic shards: rank 0 six long rows (one pass each under 24 tokens), rank 1 six short ones
+    # (several rows per pass): the ranks' plans have different lengths.
+    long = _batch(seed=24, rows=6, prompt_lens=(14, 18), completion_lens=(6, 9))
+    short = _batch(seed=25, rows=6, prompt_lens=(3, 5), completion_lens=(1, 4))
+    width = max(long["input_ids"].shape[1], short["input_ids"].shape[1])
+    batch = {}
+    for key in long:
+        pad = [np.pad(b[key], ((0, 0), (0, width - (b[key].shape[1] + (key not in ("input_ids", "attention_mask"))))),
+                      constant_values=3 if key == "input_ids" else 0) for b in (long, short)]
+        batch[key] = np.concatenate(pad)
+    rng = np.random.default_rng(26)
+    mask = batch["loss_mask"]
+    batch["old_values"] = (rng.normal(0, 0.3, mask.shape) * mask).astype(np.float32)
+    batch["returns"] = (rng.normal(0, 1, mask.shape) * mask).astype(np.float32)
+    shards = [{k: v[:6] for k, v in batch.items()}, {k: v[6:] for k, v in batch.items()}]
+
+    results = _spawn_two_ranks(_uneven_rank_main, ((_free_port(), _free_port()), (gvm_cfg, critic_cfg),
+                                                   gvm_batch, shards))
+
+    plain, _ = load_causal_lm(model_dir, "float32", "cpu", gvm_cfg["model"]["attn_implementation"])
+    ref_norms = []
+    for g in sorted(set(GVM_GROUPS)):
+        idx = np.flatnonzero(np.asarray(GVM_GROUPS) == g)
+        part = {k: v[idx] for k, v in gvm_batch.items()}
+        plain.zero_grad(set_to_none=True)
+        logp, _ = _reference_logp(plain, part, 1.0)
+        m = torch.from_numpy(part["loss_mask"])
+        (-(logp * m).sum() / m.sum()).backward()
+        ref_norms.append(float(torch.linalg.vector_norm(torch.stack(
+            [torch.linalg.vector_norm(p.grad) for p in plain.parameters()]))))
+    for rank in range(2):
+        np.testing.assert_allclose(results[rank]["gvm"], ref_norms, rtol=1e-4)
+
+    # The critic as its ranks built it: same seed, then the same head initialisation.
+    torch.manual_seed(critic_cfg["seed"])
+    value_model, _ = CriticWorker._load_model(SimpleNamespace(device=torch.device("cpu")), critic_cfg["model"])
+    ids, att = torch.from_numpy(batch["input_ids"]), torch.from_numpy(batch["attention_mask"])
+    values = value_model(input_ids=ids, attention_mask=att, use_cache=False).logits[:, :-1, 0].float()
+    ours = np.concatenate([results[0]["values"], results[1]["values"]])
+    np.testing.assert_allclose(ours, (values * att[:, 1:]).detach().numpy(), rtol=RTOL, atol=1e-5)
+    loss, _ = value_loss(values, torch.from_numpy(batch["old_values"]), torch.from_numpy(batch["returns"]),
+                         torch.from_numpy(mask).float(), clip=VALUE_CLIP)
+    loss.backward()
+    ref_grad_norm = float(torch.linalg.vector_norm(torch.stack(
+        [torch.linalg.vector_norm(p.grad) for p in value_model.parameters()])))
+    logged = reduce_rank_metrics([results[0]["critic"], results[1]["critic"]])
+    assert logged["critic/vf_loss"] == pytest.approx(float(loss.detach()), rel=RTOL)
+    assert logged["critic/vf_grad_norm"] == pytest.approx(ref_grad_norm, rel=1e-4)

@@ -78,6 +78,19 @@ def test_resume_is_exact(ray_cluster, make_config, kl_coef):
     assert (split.run_dir / "checkpoints" / "step_4").is_dir()
 
 
+def test_no_eval_set_logs_no_eval_metrics(ray_cluster, make_config, tmp_path):
+    """data.task: file without eval_path or benchmarks: nothing to evaluate, so no eval/ keys
+    (an accuracy of NaN before)."""
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"What is {i}+1?", "answer": str(i + 1)}) + "\n" for i in range(40)))
+    cfg = make_config(data={"task": "file", "train_path": str(data)}, learner__num_ranks=1, sft__steps=0,
+                      trainer__total_steps=1)
+    summary = Trainer(cfg, reward=parity_reward).run()
+    assert summary["steps"] == 1 and summary["eval_accuracy_last"] is None
+    rows = read_metrics(cfg.run_dir)
+    assert rows and not any(k.startswith("eval/") for r in rows for k in r)
+
+
 def test_hf_engine_path(ray_cluster, make_config):
     cfg = make_config(rollout__engine="hf", learner__num_ranks=1, trainer__total_steps=1, sft__steps=0)
     summary = Trainer(cfg).run()
@@ -103,10 +116,10 @@ def test_logprob_check_detects_unsynced_weights(ray_cluster, tiny_model, make_co
         rng = np.random.default_rng(0)
         noisy = {k: v + rng.normal(0, 0.05, v.shape).astype(np.float32) for k, v in weights.items()}
         rollout.update_weights(ray.put(noisy), 1)
-        theirs, ours = rollout.sequence_logprobs(seqs), learners.sequence_logprobs(seqs)
+        theirs, ours = rollout.sequence_logprobs(seqs)[0], learners.sequence_logprobs(seqs)
         assert max(np.abs(np.array(a) - np.array(b)).max() for a, b in zip(ours, theirs)) > 1e-2
         rollout.update_weights(ref, 2)
-        theirs = rollout.sequence_logprobs(seqs)
+        theirs = rollout.sequence_logprobs(seqs)[0]
         assert max(np.abs(np.array(a) - np.array(b)).max() for a, b in zip(ours, theirs)) < 1e-4
         # Weights without the tied LM head are refused before they reach the engine.
         partial = {k: v for k, v in weights.items() if k != "lm_head.weight"}

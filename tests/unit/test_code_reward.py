@@ -1,16 +1,22 @@
 """The code-task reward runs model code against tests in the sandbox, through the reward pool."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 from rewards import RewardInput, RewardPool, get_reward
 from rewards.code import last_python_block
+from tools_sandbox.hostcheck import sandbox_or_skip
 
 README = Path(__file__).resolve().parents[2] / "README.md"  # a project file the sandbox must not see
-needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
+
+
+@pytest.fixture()
+def needs_bwrap():
+    """Skips only where bwrap is missing or the kernel forbids its namespaces; fails otherwise."""
+    sandbox_or_skip()
+
 
 GOOD = "Here:\n```python\ndef add(a, b):\n    return a + b\n```\n"
 WRONG = "```python\ndef add(a, b):\n    return a - b\n```"
@@ -22,8 +28,7 @@ def test_last_python_block():
     assert last_python_block("no code") is None
 
 
-@needs_bwrap
-def test_code_tests_scores_the_fraction_passed():
+def test_code_tests_scores_the_fraction_passed(needs_bwrap):
     fn = get_reward("code_tests")
     good = fn("p", GOOD, "", {"tests": TESTS})
     assert good["score"] == 1.0 and good["correct"] and good["passed"] == 3
@@ -34,8 +39,7 @@ def test_code_tests_scores_the_fraction_passed():
     assert hostile["score"] == 0.0 and "code failed" in hostile["failures"][0]
 
 
-@needs_bwrap
-def test_code_tests_through_the_reward_pool():
+def test_code_tests_through_the_reward_pool(needs_bwrap):
     items = [RewardInput(prompt="p", completion=c, ground_truth="\n".join(TESTS), metadata={})
              for c in (GOOD, WRONG)]
     with RewardPool("code_tests", num_workers=1, timeout_s=60.0) as pool:

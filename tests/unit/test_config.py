@@ -168,3 +168,48 @@ def test_asynchronous_rollout_settings_checked_at_load(tmp_path):
     with pytest.raises(ConfigError, match="rollout.max_staleness: algorithm 'nft'"):
         load_config(path, ["rollout.max_staleness=1", "algorithm.name=nft"])
     assert load_config(path, ["algorithm.name=nft"]).algorithm.name == "nft"  # synchronous NFT is fine
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("dual_clip_c", "1.0", "must be > 1"),
+    ("dual_clip_c", "0.5", "must be > 1"),
+    ("kl_coef", "-0.1", "must be >= 0"),
+    ("kl_coef", ".nan", "must be >= 0"),
+    ("clip_low", "1.0", r"must be in \[0, 1\)"),
+    ("clip_low", "-0.1", r"must be in \[0, 1\)"),
+    ("clip_high", "-0.2", "must be >= 0"),
+    ("value_clip", "-0.5", "must be >= 0"),
+    ("nft_eps_neg", "1.0", r"must be in \(0, 1\)"),
+    ("nft_eps_neg", "0", r"must be in \(0, 1\)"),
+    ("nft_log_ratio_clamp", "0", "must be > 0"),
+    ("nft_log_ratio_clamp", "-3", "must be > 0"),
+])
+def test_loss_settings_fail_at_load_with_key_file_and_line(tmp_path, key, value, message):
+    # The losses check these again in the workers, but only after SFT and the first generation.
+    path = write(tmp_path, GOOD + f"algorithm:\n  name: nft\n  {key}: {value}\n")
+    with pytest.raises(ConfigError, match=rf"exp\.yaml:8: algorithm\.{key}: {message}") as e:
+        load_config(path)
+    assert str(e.value).startswith(f"{path}:8: ")
+    with pytest.raises(ConfigError, match=rf"command-line override algorithm\.{key}: algorithm\.{key}: {message}"):
+        load_config(write(tmp_path, GOOD), [f"algorithm.{key}={value}"])
+
+
+def test_loss_settings_at_their_limits_load(tmp_path):
+    limits = ["dual_clip_c=1.01", "clip_low=0", "clip_high=0", "kl_coef=0", "value_clip=null", "nft_eps_neg=0.999",
+              "nft_log_ratio_clamp=0.01"]
+    cfg = load_config(write(tmp_path, GOOD), [f"algorithm.{item}" for item in limits])
+    assert cfg.algorithm.dual_clip_c == 1.01 and cfg.algorithm.value_clip is None
+
+
+def test_cross_field_errors_name_the_line(tmp_path):
+    path = write(tmp_path, GOOD.replace("n_samples: 4", "n_samples: 0"))
+    with pytest.raises(ConfigError, match=r"exp\.yaml:5: rollout\.n_samples: must be > 0"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("key,value", [("trainer.max_actor_restarts", -1), ("trainer.checkpoint_every_minutes", -5)])
+def test_negative_fault_and_checkpoint_budgets_are_refused(tmp_path, key, value):
+    path = tmp_path / "exp.yaml"
+    path.write_text("model:\n  path: x\n")
+    with pytest.raises(ConfigError, match=rf"{key}: must be >= 0"):
+        load_config(path, [f"{key}={value}"])

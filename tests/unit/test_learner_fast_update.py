@@ -366,3 +366,14 @@ def test_update_builder_leaves_tis_to_the_learner_only_for_single_pass_updates()
     hp, batch, metrics, calls = run(epochs=2)
     assert hp["tis_cap"] is None and "old_logp" in batch and [c[0] for c in calls] == ["old"]
     assert "async/is_weight_mean" in metrics
+
+
+def test_reset_optimizer_after_a_no_grad_forward_holds_the_sharded_parameters(learner):
+    """FSDP2 leaves the root unsharded after a no-grad forward; the fresh optimizer must still
+    own the parameters that training updates (else embeddings, norm and head never move)."""
+    batch = dict(_batch(seed=17))
+    learner.compute_logprobs(batch, 1.0)
+    learner.reset_optimizer(1e-3)
+    _train(learner, batch, "sft", {})  # a training step leaves every module resharded
+    owned = {id(p) for g in learner.optimizer.param_groups for p in g["params"]}
+    assert owned == {id(p) for p in learner.model.parameters()}

@@ -282,3 +282,42 @@ def test_labelled_set_is_large_and_covers_every_category():
     assert sum(negatives.values()) >= 100
     for r in rows:
         assert set(r) >= {"pred", "gold", "expected", "category", "mode"} and isinstance(r["expected"], bool)
+
+
+# ----------------------------------------------------------------------------- sympy errors
+
+
+SYMPY_RAISES = (r"\boxed{2i > 0}", "1 > 0")  # sympy: "Invalid comparison of non-real 2*I"
+
+
+def test_a_sympy_exception_is_a_recorded_reason_not_a_wrong_answer(warm_pool):
+    res = verify_detailed(*SYMPY_RAISES, policy=Policy(timeout_s=20))
+    assert res.correct is False and res.reason == "sympy_error", res
+    assert "TypeError" in res.method and "non-real" in res.method
+    assert check_equivalence("(x-2)^2=0", "x=2", Policy(timeout_s=20)).reason == "equal"  # worker still fine
+
+
+def test_a_sympy_exception_is_counted_as_a_reward_failure(warm_pool):
+    from rewards.pool import failure_kind
+
+    for name in ("math_answer", "math_answer_auto"):
+        result = call_reward(get_reward(name), RewardInput("q", *SYMPY_RAISES), failure_score=-1.0)
+        assert result.failed and result.score == -1.0 and result.correct is None, result
+        assert "sympy_error" in result.reason and failure_kind(result.reason) == "exception"
+    # a genuine wrong answer is still a plain zero, not a failure
+    wrong = call_reward(get_reward("math_answer"), RewardInput("q", r"\boxed{x > 2}", "x > 3"))
+    assert not wrong.failed and wrong.score == 0.0 and wrong.correct is False
+
+
+def test_sympy_errors_that_do_not_decide_the_answer_are_ignored():
+    from rewards.math import _sympy_worker as worker
+    from rewards.math.verifier import _prepare
+
+    rel_p, rel_g = _prepare("2i > 0").node, _prepare("1 > 0").node  # sympy raises on this pair
+    one, two = _prepare("1").node, _prepare("2").node
+    policy = Policy()
+    # (2i > 0, 1) vs (1 > 0, 2): the second entries differ, so the error does not matter
+    assert worker._handle("equal", (("seq", "(", ")", (rel_p, one)), ("seq", "(", ")", (rel_g, two)), policy)) is False
+    # (2i > 0, 1) vs (1 > 0, 1): the verdict hinges on the check sympy could not run
+    with pytest.raises(worker.SympyFailed, match="non-real"):
+        worker._handle("equal", (("seq", "(", ")", (rel_p, one)), ("seq", "(", ")", (rel_g, one)), policy))

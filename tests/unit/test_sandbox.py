@@ -11,16 +11,14 @@ from tools_sandbox import (Limits, RunResult, Sandbox, SandboxPool, SandboxUnava
                            isolation_report, run_code, run_tests)
 from tools_sandbox import isolation as iso_mod
 from tools_sandbox.code_tests import split_tests
-from tools_sandbox.hostcheck import leftovers
+from tools_sandbox.hostcheck import host_dirs_in_scratch, leftovers, sandbox_or_skip
 
 TIGHT = Limits(memory_mb=128, max_procs=24, scratch_mb=8, shm_mb=4, max_output_bytes=4096)
 
 
 def _bwrap_or_skip():
-    try:
-        iso_mod.resolve("bwrap")
-    except SandboxUnavailable as exc:
-        pytest.skip(f"sandbox isolation unavailable here: {exc}")
+    """Skips only where bwrap is missing or the kernel forbids its namespaces; fails otherwise."""
+    sandbox_or_skip()
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +90,8 @@ def test_sessions_are_independent(pool):
     a, b = pool.new_session(), pool.new_session()
     try:
         a.run("secret = 'only-in-a'\nopen('/scratch/s.txt', 'w').write(secret)")
-        res = b.run("print('secret' in globals(), __import__('os').listdir('/scratch'))")
-        assert res.stdout == "False []\n"
+        res = b.run("print('secret' in globals(), sorted(__import__('os').listdir('/scratch')))")
+        assert res.stdout == f"False {host_dirs_in_scratch()}\n"
         assert a.run("secret").stdout == "'only-in-a'\n"
     finally:
         a.close()
@@ -169,8 +167,9 @@ def test_missing_bwrap_is_refused_with_instructions(monkeypatch):
     monkeypatch.setattr(iso_mod.shutil, "which", lambda name: None)
     monkeypatch.setattr(iso_mod, "_cache", {})
     monkeypatch.delenv(iso_mod.UNSAFE_ENV, raising=False)
-    with pytest.raises(SandboxUnavailable, match="apt-get install bubblewrap"):
+    with pytest.raises(SandboxUnavailable, match="apt-get install bubblewrap") as exc:
         Sandbox()
+    assert exc.value.kind == iso_mod.BWRAP_MISSING
     with pytest.raises(SandboxUnavailable):
         SandboxPool(max_workers=1, warm=0)
     monkeypatch.setenv(iso_mod.UNSAFE_ENV, "1")
