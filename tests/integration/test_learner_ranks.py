@@ -74,25 +74,7 @@ def test_two_ranks_with_different_pass_counts_match_one_process(model_dir):
     batch = _policy_batch(plain, rows, TEMPERATURE, seed=8, zero_rows=(6, 7, 9, 11))
     shards = [{k: v[:6] for k, v in batch.items()}, {k: v[6:] for k, v in batch.items()}]
 
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_rank_main, args=(r, port, cfg, shards, batch, out), daemon=True) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = {}
-    try:
-        for _ in range(2):
-            rank, res = out.get(timeout=TIMEOUT_S)
-            assert not isinstance(res, str), f"rank {rank} failed:\n{res}"
-            results[rank] = res
-    except queue.Empty:
-        pytest.fail(f"ranks did not finish within {TIMEOUT_S}s (a collective mismatch hangs)")
-    finally:
-        for p in procs:
-            p.join(timeout=30 if len(results) == 2 else 1)
-            if p.is_alive():
-                p.kill()
+    results = _spawn_two_ranks(_rank_main, (_free_port(), cfg, shards, batch))
 
     hp = {**HP, "temperature": TEMPERATURE, "loss_agg": "seq-mean-token-mean"}
     ref_loss, ref_grads = _reference_step(plain, batch, "clipped", hp)
