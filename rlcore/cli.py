@@ -11,7 +11,8 @@ def _train(args: argparse.Namespace) -> int:
     from rlcore.config import ConfigError, load_config
     from rlcore.data.loader import DataError
     from rlcore.topology import SharedFilesystemError
-    from rlcore.trainer import Trainer, WorkerDiedError
+    from rlcore.engine_sync import WorkerDiedError
+    from rlcore.trainer import Trainer
 
     overrides = list(args.overrides)
     config = args.config

@@ -25,7 +25,8 @@ from rlcore import topology
 from rlcore.batch import build_batch
 from rlcore.config import ExperimentConfig, save_config
 from rlcore.data.source import PromptSource
-from rlcore.groups import LearnerGroup, RolloutGroup, make_weight_sync
+from rlcore.engine_sync import EngineSync, WorkerDiedError
+from rlcore.groups import LearnerGroup, RolloutGroup
 from rlcore.progress import Progress
 from rlcore.rollout_pipeline import Rollout, RolloutPipeline
 from rlcore.prompts import PromptRenderer, load_datasets
@@ -43,14 +44,6 @@ def _AllocatorSettings(allocation, n_samples: int) -> SimpleNamespace:
     return SimpleNamespace(**asdict(allocation), n_samples=n_samples)
 
 
-def logprob_mismatch_threshold(cfg: ExperimentConfig) -> float:
-    """The configured threshold, or one that 16-bit rounding noise alone does not cross."""
-    configured = cfg.trainer.logprob_mismatch_threshold
-    if configured is not None:
-        return configured
-    return 0.05 if cfg.model.dtype == "float32" else 1.0
-
-
 def policy_lr(step: int, cfg: ExperimentConfig) -> float:
     """The policy lr at RL step `step` (1-based): linear warm-up over learner.warmup_steps, then
     flat or a cosine decay to min_lr_ratio * lr at trainer.total_steps."""
@@ -61,15 +54,6 @@ def policy_lr(step: int, cfg: ExperimentConfig) -> float:
         return lc.lr
     progress = min(1.0, (step - warmup) / max(1, cfg.trainer.total_steps - warmup))
     return lc.lr * (lc.min_lr_ratio + (1 - lc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-class LogprobMismatchError(RuntimeError):
-    """Rollout and learner disagree on log-probs of the same tokens after a weight sync."""
-
-
-class WorkerDiedError(RuntimeError):
-    """A learner (or critic) rank died, or rollout engines died more often than allowed: the
-    run stops; the message says how to resume from the last complete checkpoint."""
 
 
 class Trainer:
@@ -104,8 +88,7 @@ class Trainer:
         self.samples_generated = 0
         self.wall_time_before = 0.0
         self.eval_history: list[dict] = []
-        self.version = 0  # policy version (updates applied) of the weights on the engines
-        self.rollout_restarts = 0  # engines replaced after they died (trainer.max_actor_restarts)
+        self.engines: EngineSync | None = None  # weights on the engines (version), restarts
         self.pipeline = RolloutPipeline(self._rollout, cfg.rollout.max_staleness, cfg.trainer.total_steps)
         self._restored_rollouts: list[Rollout] = []
         self._saved_step: int | None = None  # step of the last checkpoint this run wrote
@@ -148,10 +131,11 @@ class Trainer:
         # Both groups load their model concurrently; actor creation does not block.
         rollout_workers = topology.create_rollout_group(self.cfg)
         # assigned first: _close must release it
-        self.rollout = RolloutGroup(rollout_workers, on_death=self._replace_rollout_workers)
+        self.rollout = RolloutGroup(rollout_workers)
         self.learners = LearnerGroup(*topology.create_learner_group(self.cfg))
-        on_gpus = self.cfg.learner.gpus_per_rank > 0 and self.cfg.rollout.gpus_per_worker > 0
-        self.weight_sync = make_weight_sync(self.cfg.rollout.weight_sync, self.learners, self.rollout, on_gpus)
+        self.engines = EngineSync(self.cfg, self.learners, self.rollout, probe=self._probe_sequences,
+                                  note=lambda msg: self.progress.note(f"step {self.step}: {msg}"),
+                                  resume_hint=self._resume_hint)
         if self.spec.needs_critic:
             self.critic = LearnerGroup(*topology.create_learner_group(self.cfg, role="critic"))
         topology.check_shared_filesystem(
@@ -184,8 +168,7 @@ class Trainer:
                 else:
                     self._warm_up()
                 self.tracker = Tracker(self.run_dir, cfg.tracking, cfg.to_dict(), resume_step)
-                self._sync_weights(check=True, sequences=self._probe_sequences())
-                self.version = self.step
+                self._sync_weights(self._probe_sequences())
                 if resume_step is None and self.evaluates:
                     self._log(0, self._evaluate(), start)
                 self.progress.start_rl(cfg.trainer.total_steps, self.step)
@@ -254,7 +237,7 @@ class Trainer:
         ckpt.restore_rng(state["rng"])
         self.step = state["step"]
         self.samples_generated = state["samples_generated"]
-        self.rollout_restarts = state.get("rollout_restarts", 0)
+        self.engines.restarts = state.get("rollout_restarts", 0)
         self.wall_time_before = state["wall_time_s"]
         self.eval_history = state["eval_history"]
         self._restored_rollouts = ckpt.load_rollouts_ahead(path)
@@ -306,7 +289,7 @@ class Trainer:
             completions.extend(outs)
             return scored
 
-        version = self.version  # stable while this runs: the next push waits for this batch
+        version = self.engines.version  # stable while this runs: the next push waits for this batch
         t = time.perf_counter()
         groups, sample_metrics = self.sampler.sample(
             lambda p, j: self._sample_seed(step, p, j), generate, score, self._likelihood_grad_norms
@@ -350,10 +333,9 @@ class Trainer:
         t = time.perf_counter()
         samples = [(g.prompt_ids, c) for g in groups for c in g.completions]
         check = [p + c.token_ids for p, c in samples[: cfg.trainer.logprob_check_sequences]]
-        mismatch = self._sync_weights(check=True, sequences=check)
-        self.version = self.step
+        mismatch = self._sync_weights(check)
         timings["time/sync_s"] = time.perf_counter() - t  # push and the log-prob check
-        timings.update(self.last_sync)  # the push's own phases: time/sync_gather_s, ..._load_s, ..._total_s
+        timings.update(self.engines.last_timings)  # the push's own phases: time/sync_gather_s, ..._load_s, ..._total_s
         timings["time/step_s"] = time.perf_counter() - t_step
         if cfg.rollout.max_staleness:
             # The background batch's phases overlap the update; what the trainer waited for is the cost.
@@ -375,7 +357,7 @@ class Trainer:
             "sync/logprob_diff_max": mismatch,
             "throughput/gen_tokens_per_s": float(lengths.sum() / max(timings["time/generate_s"], 1e-9)),
             "samples/generated": self.samples_generated,
-            "fault/rollout_restarts": self.rollout_restarts,
+            "fault/rollout_restarts": self.engines.restarts,
             **sample_metrics, **update_metrics, **self.allocator.metrics(),
             **train_metrics, **timings, **rollout.reward_metrics,
             **(tool_metrics(step_completions) if self.tools is not None else {}),
@@ -404,65 +386,15 @@ class Trainer:
         ]
         return self.pool.score(items)
 
-    def _sync_weights(self, check: bool, sequences: list[list[int]] | None = None) -> float | None:
-        """Push learner weights to every engine, then measure how far their log-probs differ."""
-        dead = self.rollout.dead_workers()  # an engine that died since the last call is replaced first
-        if dead:
-            self.rollout.replace_dead(dead)
-        try:
-            self.last_sync = self.weight_sync.push(self.step)  # timings: gather, transfer, load
-        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError):
-            dead = self.rollout.dead_workers()  # an engine died mid-push: replace it and push again
-            if not dead:
-                raise
-            self.rollout.replace_dead(dead)
-            self.last_sync = self.weight_sync.push(self.step)
-        if not check or not sequences:
-            return None
-        return self._check_logprobs(sequences)
-
-    def _check_logprobs(self, sequences: list[list[int]]) -> float:
-        """Largest |learner - engine| log-prob over every engine; stop above the threshold."""
-        ours = self.learners.sequence_logprobs(sequences)
-        diff = 0.0
-        for engine, theirs in enumerate(self.rollout.sequence_logprobs(sequences)):
-            worst = max(float(np.max(np.abs(np.array(a) - np.array(b)))) for a, b in zip(ours, theirs))
-            threshold = logprob_mismatch_threshold(self.cfg)
-            if worst > threshold:
-                raise LogprobMismatchError(
-                    f"step {self.step}: rollout engine {engine} and the learner differ by {worst:.4g} in log-prob "
-                    f"after weight sync (> trainer.logprob_mismatch_threshold={threshold} for model.dtype "
-                    f"{self.cfg.model.dtype})"
-                )
-            diff = max(diff, worst)
-        return diff
+    def _sync_weights(self, sequences: list[list[int]]) -> float | None:
+        """Push the learner's weights (policy version = this step) to every engine and check
+        their log-probs on `sequences`."""
+        return self.engines.push(self.step, sequences)
 
     def _probe_sequences(self) -> list[list[int]]:
         """Prompts for the log-prob check of the first sync, before anything was generated."""
         n = self.cfg.trainer.logprob_check_sequences
         return [self.renderer.ids(r) for r in (self.train_records or self.eval_records)[:n]]
-
-    def _replace_rollout_workers(self, indices: list[int]) -> None:
-        """RolloutGroup's on_death: new engines in place of dead ones, the learner's weights
-        pushed to them (a new weight-update group: the old one had the dead engine in it)."""
-        cfg = self.cfg
-        if self.rollout_restarts + len(indices) > cfg.trainer.max_actor_restarts:
-            raise WorkerDiedError(
-                f"step {self.step}: rollout worker(s) {indices} died, after {self.rollout_restarts} restarts "
-                f"(trainer.max_actor_restarts={cfg.trainer.max_actor_restarts}). {self._resume_hint()}")
-        for i in indices:
-            ray.kill(self.rollout.workers[i], no_restart=True)
-            self.rollout.workers[i] = topology.create_rollout_worker(cfg)
-        self.rollout_restarts += len(indices)
-        self.progress.note(f"step {self.step}: rollout worker(s) {indices} died; replaced "
-                           f"({self.rollout_restarts} of trainer.max_actor_restarts={cfg.trainer.max_actor_restarts})")
-        on_gpus = cfg.learner.gpus_per_rank > 0 and cfg.rollout.gpus_per_worker > 0
-        self.weight_sync = make_weight_sync(cfg.rollout.weight_sync, self.learners, self.rollout, on_gpus)
-        # With asynchronous rollout the learner may be a version or more ahead of the batch's
-        # schedule: the rest of the batch comes from a fresher policy (the TIS weights use the
-        # engine's own log-probs, so they stay right); synchronously it is the same version.
-        self.weight_sync.push(self.version)
-        self._check_logprobs(self._probe_sequences())
 
     def _resume_hint(self) -> str:
         done = ckpt.list_checkpoints(self.run_dir)
@@ -564,7 +496,7 @@ class Trainer:
         state = {
             "step": self.step, "source": self.source.state_dict(), "rng": ckpt.capture_rng(),
             "samples_generated": self.samples_generated, "wall_time_s": self._elapsed(start),
-            "rollout_restarts": self.rollout_restarts, "eval_history": self.eval_history, "allocator": self.allocator.state_dict(),
+            "rollout_restarts": self.engines.restarts, "eval_history": self.eval_history, "allocator": self.allocator.state_dict(),
         }
 
         ahead = self.pipeline.ahead()  # batches generated for later steps: a resume trains on them

@@ -9,7 +9,8 @@ import signal
 import pytest
 
 from rlcore.tracking import read_metrics
-from rlcore.trainer import Trainer, WorkerDiedError
+from rlcore.engine_sync import WorkerDiedError
+from rlcore.trainer import Trainer
 
 pytestmark = pytest.mark.integration
 
@@ -35,10 +36,10 @@ class EngineKiller(Trainer):
             kill_actor(self.rollout.workers[0])
         return super()._rollout(step)
 
-    def _sync_weights(self, check, sequences=None):
+    def _sync_weights(self, sequences):
         if self.step == self.before_push:
             kill_actor(self.rollout.workers[0])
-        return super()._sync_weights(check, sequences)
+        return super()._sync_weights(sequences)
 
 
 def _steps(run_dir) -> dict[int, dict]:

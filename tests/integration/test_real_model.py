@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from rlcore.tracking import read_metrics
-from rlcore.trainer import LogprobMismatchError, Trainer
+from rlcore.engine_sync import LogprobMismatchError
+from rlcore.trainer import Trainer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -72,7 +73,7 @@ def test_logprob_check_fires_when_the_engine_gets_other_weights(ray_cluster, smo
     try:
         seqs = [trainer.renderer.ids(r) + trainer.tokenizer("3 + 4 = 7", add_special_tokens=False)["input_ids"]
                 for r in trainer.train_records[:2]]
-        assert trainer._sync_weights(check=True, sequences=seqs) < 0.05
+        assert trainer._sync_weights(seqs) < 0.05
         weights = dict(ray.get(trainer.learners.gather_weights()))
         name = "model.layers.0.mlp.down_proj.weight"
         rng = np.random.default_rng(0)
@@ -80,6 +81,6 @@ def test_logprob_check_fires_when_the_engine_gets_other_weights(ray_cluster, smo
         perturbed = ray.put(weights)
         trainer.learners.gather_weights = lambda: perturbed  # the learners keep their weights
         with pytest.raises(LogprobMismatchError, match="after weight sync"):
-            trainer._sync_weights(check=True, sequences=seqs)
+            trainer._sync_weights(seqs)
     finally:
         trainer._close()

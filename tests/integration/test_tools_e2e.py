@@ -7,7 +7,8 @@ import shutil
 
 import pytest
 
-from rlcore.trainer import Trainer, logprob_mismatch_threshold
+from rlcore.engine_sync import logprob_mismatch_threshold
+from rlcore.trainer import Trainer
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")]

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from rlcore.tracking import read_metrics
-from rlcore.trainer import LogprobMismatchError, Trainer
+from rlcore.engine_sync import LogprobMismatchError
+from rlcore.trainer import Trainer
 
 pytestmark = pytest.mark.integration
 

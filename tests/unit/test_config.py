@@ -121,7 +121,7 @@ def test_algorithm_allocation_and_critic_sections_are_validated(tmp_path, overri
 def test_logprob_mismatch_threshold_follows_the_model_dtype(tmp_path, overrides, expected):
     # bf16 rounding alone moves log-probs by ~0.1 (measured on an H100), so the fp32 default
     # would stop every 16-bit run at its first weight sync.
-    from rlcore.trainer import logprob_mismatch_threshold
+    from rlcore.engine_sync import logprob_mismatch_threshold
 
     cfg = load_config(write(tmp_path, GOOD), overrides)
     assert logprob_mismatch_threshold(cfg) == expected
