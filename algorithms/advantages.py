@@ -29,8 +29,6 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from .registry import register_advantage
-
 
 def _group_stats(
     rewards: Tensor, group_index: Tensor, unbiased: bool = True
@@ -63,7 +61,6 @@ def _group_stats(
     return mean[inv], std[inv], count[inv], constant[inv]
 
 
-@register_advantage("grpo")
 def grpo_advantages(
     rewards: Tensor,
     group_index: Tensor,
@@ -95,23 +92,3 @@ def grpo_advantages(
     if norm_by_std:
         adv = adv / (std + eps)
     return torch.where((count > 1) & ~constant, adv, torch.zeros_like(adv))
-
-
-@register_advantage("drgrpo")
-def drgrpo_advantages(rewards: Tensor, group_index: Tensor) -> Tensor:
-    """Dr. GRPO advantage ``R - mean_group`` (no std normalisation).
-
-    See :func:`grpo_advantages` for argument conventions.
-    """
-    return grpo_advantages(rewards, group_index, norm_by_std=False)
-
-
-def broadcast_to_tokens(adv: Tensor, mask: Tensor) -> Tensor:
-    """Spread a per-sequence advantage ``[B]`` over tokens: ``[B, T]``.
-
-    Outcome rewards give every response token the same advantage; tokens with
-    ``mask == 0`` (prompt, padding, tool output) get 0.
-    """
-    if adv.dim() != 1 or mask.dim() != 2 or mask.shape[0] != adv.shape[0]:
-        raise ValueError(f"expected adv [B] and mask [B, T], got {tuple(adv.shape)}, {tuple(mask.shape)}")
-    return adv.unsqueeze(-1) * mask.to(adv.dtype)

@@ -18,7 +18,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
 
 import numpy as np
 
-from .registry import _Registry
 
 T = TypeVar("T")
 _STATE_VERSION = 1
@@ -172,26 +171,32 @@ def round_allocation(weights: Sequence[float], total: int, min_n: int, max_n: in
 
 # --------------------------------------------------------------------------- registry
 
-_ALLOCATORS = _Registry("allocator")
+_ALLOCATORS: Dict[str, Any] = {}
 
 
 def register_allocator(name: str) -> Callable[[T], T]:
     """Register a :class:`SampleAllocator` subclass (``cls(cfg)``) under ``name``."""
-    reg = _ALLOCATORS.register(name)
 
     def deco(cls: T) -> T:
+        old = _ALLOCATORS.get(name)
+        if old is not None and old is not cls and old.__qualname__ != cls.__qualname__:
+            raise ValueError(f"allocator {name!r} is already registered ({old.__module__}.{old.__qualname__})")
         cls.name = name  # type: ignore[attr-defined]
-        return reg(cls)
+        _ALLOCATORS[name] = cls
+        return cls
 
     return deco
 
 
 def get_allocator(name: str) -> Callable[..., "SampleAllocator"]:
-    return _ALLOCATORS.get(name)
+    try:
+        return _ALLOCATORS[name]
+    except KeyError:
+        raise KeyError(f"unknown allocator {name!r}; available: {', '.join(list_allocators())}") from None
 
 
 def list_allocators() -> List[str]:
-    return _ALLOCATORS.names()
+    return sorted(_ALLOCATORS)
 
 
 def build_allocator(cfg: Any = None) -> "SampleAllocator":

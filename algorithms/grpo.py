@@ -1,49 +1,47 @@
-"""GRPO and Dr. GRPO algorithm specs.
+"""GRPO and Dr. GRPO.
 
-GRPO (Shao et al., 2024, arXiv:2402.03300): group-normalised outcome
-advantages, PPO-clip loss, no critic; a reference model only when a KL loss
-is used (``kl_coef > 0``; ``kl_mode`` puts it in the loss or, as a per-token
-penalty, in the rewards: :func:`algorithms.kl.kl_penalty`). Dr. GRPO (Liu et al., 2025, arXiv:2503.20783): same
-but without std normalisation of advantages (pair it with the
+GRPO (Shao et al., 2024, arXiv:2402.03300): group-normalised outcome advantages
+(:func:`algorithms.advantages.grpo_advantages`) and the PPO-clip loss, no critic. Dr. GRPO
+(Liu et al., 2025, arXiv:2503.20783): the same without the std division (pair it with the
 ``seq-mean-token-sum-norm`` aggregation to also remove the length bias).
 
-Old log-probs are always requested: the clipped loss needs the behaviour
-policy's log-probs, recomputed by the trainer rather than trusted from the
-inference engine (whose numerics differ).
+A KL penalty in the reward (``algorithm.kl_mode: reward``) enters as the sequence's summed
+penalty, subtracted from its score before the group statistics.
 """
-
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
-from .registry import AlgorithmSpec, register_algorithm
-
-
-def _uses_kl(cfg: Any) -> bool:
-    return float(getattr(cfg, "kl_coef", 0.0) or 0.0) > 0.0
-
-
-@register_algorithm("grpo")
-def grpo(cfg: Any) -> AlgorithmSpec:
-    return AlgorithmSpec(
-        name="grpo",
-        advantage="grpo",
-        policy_loss="clipped",
-        needs_reference=_uses_kl(cfg),
-        needs_critic=False,
-        needs_old_logprobs=True,
-        zero_advantage_has_zero_loss=True,
-    )
+from .advantages import grpo_advantages
+from .contract import AdvantageInput, AdvantageOutput, Algorithm, NoOptions, OptionError
+from .policy_loss import clipped_policy_loss
+from .registry import register_algorithm
 
 
-@register_algorithm("drgrpo")
-def drgrpo(cfg: Any) -> AlgorithmSpec:
-    return AlgorithmSpec(
-        name="drgrpo",
-        advantage="drgrpo",
-        policy_loss="clipped",
-        needs_reference=_uses_kl(cfg),
-        needs_critic=False,
-        needs_old_logprobs=True,
-        zero_advantage_has_zero_loss=True,
-    )
+@dataclass(frozen=True)
+class GRPOOptions:
+    eps: float = 1e-6  # added to the group std
+
+    def __post_init__(self):
+        if not self.eps >= 0:
+            raise OptionError("eps", f"must be >= 0, got {self.eps}")
+
+
+def grpo(inp: AdvantageInput, opts: GRPOOptions) -> AdvantageOutput:
+    return AdvantageOutput(grpo_advantages(inp.sequence_rewards(), inp.group_index, eps=opts.eps))
+
+
+def drgrpo(inp: AdvantageInput, opts: NoOptions) -> AdvantageOutput:
+    return AdvantageOutput(grpo_advantages(inp.sequence_rewards(), inp.group_index, norm_by_std=False))
+
+
+GRPO = register_algorithm(Algorithm(
+    name="grpo", advantages=grpo, loss=clipped_policy_loss, options=GRPOOptions,
+    zero_advantage_has_zero_loss=True,
+    description="group-normalised outcome advantage, PPO clip",
+))
+DRGRPO = register_algorithm(Algorithm(
+    name="drgrpo", advantages=drgrpo, loss=clipped_policy_loss,
+    zero_advantage_has_zero_loss=True,
+    description="group-centred outcome advantage (no std division), PPO clip",
+))

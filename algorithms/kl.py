@@ -50,20 +50,3 @@ def kl_penalty(
         )
     with torch.no_grad():
         return coef * kl_estimate(logp, ref_logp, estimator) * mask.to(logp.dtype)
-
-
-def penalized_scores(
-    scores: Tensor,
-    logp: Tensor,
-    ref_logp: Tensor,
-    mask: Tensor,
-    coef: float,
-    estimator: str = "k1",
-) -> Tensor:
-    """Sequence scores ``R - sum_t penalty_t`` ``[B]`` for sequence-level
-    advantages (GRPO and friends), which only see one scalar per response."""
-    pen = kl_penalty(logp, ref_logp, mask, coef, estimator)
-    if scores.dim() != 1 or scores.shape[0] != pen.shape[0]:
-        raise ValueError(f"scores must be [B] with B={pen.shape[0]}, got {tuple(scores.shape)}")
-    dtype = torch.promote_types(scores.dtype, pen.dtype)
-    return scores.to(dtype) - pen.sum(dim=-1).to(dtype)

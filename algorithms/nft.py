@@ -24,19 +24,36 @@ Dr. GRPO's for ``w = 1 - r`` -- the paper's equivalence result.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from dataclasses import dataclass
+from typing import Dict, Literal, Optional
 
 import torch
 from torch import Tensor
 
 from .advantages import _group_stats
 from .policy_loss import PolicyLossInput, PolicyLossOutput, _masked_mean, _validate, kl_and_aggregate
-from .registry import AlgorithmSpec, register_advantage, register_algorithm, register_policy_loss
+from .contract import AdvantageInput, AdvantageOutput, Algorithm, OptionError
+from .registry import register_algorithm
 
 NFT_WEIGHT_MODES = (0, 1, 2)
 NFT_EXTRAS = ("nft_r_hat", "nft_positive", "nft_weight")
-DEFAULT_LOG_RATIO_CLAMP = 10.0
-DEFAULT_EPS_NEG = 1e-3
+
+
+@dataclass(frozen=True)
+class NFTOptions:
+    # prompt weight w: 0 -> 1; 1 -> 1 - r (Dr. GRPO-like); 2 -> sqrt((1 - r) / r) (GRPO-like)
+    weight_mode: Literal[0, 1, 2] = 2
+    r_clamp: float = 0.02  # r_hat = clamp(r, c, 1 - c) keeps the negative term finite
+    eps_neg: float = 1e-3  # value floor of the implicit negative ratio
+    log_ratio_clamp: float = 10.0  # |log R| bound
+
+    def __post_init__(self):
+        if not 0.0 < self.r_clamp < 0.5:
+            raise OptionError("r_clamp", f"must be in (0, 0.5), got {self.r_clamp}")
+        if not 0.0 < self.eps_neg < 1.0:
+            raise OptionError("eps_neg", f"must be in (0, 1), got {self.eps_neg}")
+        if not self.log_ratio_clamp > 0:
+            raise OptionError("log_ratio_clamp", f"must be > 0, got {self.log_ratio_clamp}")
 
 
 def positive_mask(rewards: Tensor, correct: Optional[Tensor]) -> Tensor:
@@ -48,7 +65,6 @@ def positive_mask(rewards: Tensor, correct: Optional[Tensor]) -> Tensor:
     return correct.to(rewards.device).bool()
 
 
-@register_advantage("nft")
 def nft_advantages(
     rewards: Tensor,
     group_index: Tensor,
@@ -101,15 +117,13 @@ def nft_advantages(
     return {"advantages": adv, "nft_r_hat": r_hat, "nft_positive": pos, "nft_weight": w}
 
 
-@register_policy_loss("nft")
 def nft_policy_loss(inp: PolicyLossInput) -> PolicyLossOutput:
     """NFT loss (+ ``kl_coef * KL(pi || ref)``), aggregated like
     :func:`algorithms.clipped_policy_loss`.
 
     Reads ``inp.extras`` ``nft_r_hat`` / ``nft_positive`` / ``nft_weight``
-    (``[B, T]``, from :func:`nft_advantages`) and ``inp.options``
-    ``nft_log_ratio_clamp`` (default 10; clamps ``log R`` both ways) and
-    ``nft_eps_neg`` (default 1e-3; value floor of the negative ratio).
+    (``[B, T]``, from :func:`nft_advantages`) and ``inp.options`` (:class:`NFTOptions`:
+    ``log_ratio_clamp`` clamps ``log R`` both ways, ``eps_neg`` floors the negative ratio).
 
     Metrics: ``pg_loss`` (token mean of the weighted NFT term),
     ``approx_kl``, ``ratio_mean``, ``ratio_max``, ``neg_clipfrac`` (fraction
@@ -121,10 +135,8 @@ def nft_policy_loss(inp: PolicyLossInput) -> PolicyLossOutput:
     missing = [k for k in NFT_EXTRAS if k not in inp.extras]
     if missing:
         raise ValueError(f"the nft loss needs extras {missing} from the 'nft' advantage")
-    clamp = float(inp.options.get("nft_log_ratio_clamp", DEFAULT_LOG_RATIO_CLAMP))
-    eps_neg = float(inp.options.get("nft_eps_neg", DEFAULT_EPS_NEG))
-    if clamp <= 0 or not 0.0 < eps_neg < 1.0:
-        raise ValueError(f"need nft_log_ratio_clamp > 0 and 0 < nft_eps_neg < 1, got {clamp}, {eps_neg}")
+    opts = inp.options if isinstance(inp.options, NFTOptions) else NFTOptions()
+    clamp, eps_neg = opts.log_ratio_clamp, opts.eps_neg
 
     dtype = inp.logp.dtype
     mask = inp.mask.to(dtype)
@@ -166,15 +178,15 @@ def nft_policy_loss(inp: PolicyLossInput) -> PolicyLossOutput:
     return PolicyLossOutput(loss=loss, metrics=metrics)
 
 
-@register_algorithm("nft")
-def nft(cfg: Any) -> AlgorithmSpec:
-    return AlgorithmSpec(
-        name="nft",
-        advantage="nft",
-        policy_loss="nft",
-        needs_reference=float(getattr(cfg, "kl_coef", 0.0) or 0.0) > 0.0,
-        needs_critic=False,
-        needs_old_logprobs=True,
-        drop_zero_advantage=True,
-        advantage_weighting_exact=False,  # the implicit negative policy is not linear in A
-    )
+def _advantages(inp: AdvantageInput, opts: NFTOptions) -> AdvantageOutput:
+    out = nft_advantages(inp.sequence_rewards(), inp.group_index, correct=inp.correct,
+                         nft_r_clamp=opts.r_clamp, nft_weight_mode=opts.weight_mode)
+    return AdvantageOutput(out.pop("advantages"), extras=out)
+
+
+NFT = register_algorithm(Algorithm(
+    name="nft", advantages=_advantages, loss=nft_policy_loss, options=NFTOptions,
+    drop_zero_advantage=True,
+    advantage_weighting_exact=False,  # the implicit negative policy is not linear in A
+    description="negative-aware fine-tuning: likelihood on positives, implicit negative policy on the rest",
+))

@@ -27,7 +27,6 @@ from torch import Tensor
 
 from .aggregation import aggregate
 from .kl import kl_estimate
-from .registry import register_policy_loss
 
 Number = Union[int, float, Tensor]
 
@@ -60,7 +59,7 @@ class PolicyLossInput:
     seq_normalizer: Optional[Number] = None
     max_tokens: Optional[Number] = None
     extras: Dict[str, Tensor] = field(default_factory=dict)
-    options: Dict[str, Any] = field(default_factory=dict)
+    options: Any = None  # the algorithm's typed options (algorithms/contract.py)
 
 
 @dataclass
@@ -113,7 +112,6 @@ def kl_and_aggregate(per_token: Tensor, mask: Tensor, inp: PolicyLossInput):
     return loss, kl
 
 
-@register_policy_loss("clipped")
 def clipped_policy_loss(inp: PolicyLossInput) -> PolicyLossOutput:
     """PPO-clip loss (+ dual clip, + ``kl_coef * KL(pi || ref)``), aggregated.
 

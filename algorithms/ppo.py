@@ -15,19 +15,22 @@ Multi-turn responses interleave policy tokens with tool/environment output
 them, carrying the next action's value and advantage across the hole, so
 ``gamma`` discounts per policy token and the environment text costs nothing.
 
-The trainer calls :func:`gae_advantages` directly (it needs token-level
-values, unlike the ``fn(rewards, group_index)`` advantage registry).
+The critic's value-loss clip is a critic setting (``critic.value_clip``); GAE's are
+:class:`PPOOptions`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple, Union
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from .aggregation import aggregate
-from .registry import AlgorithmSpec, register_algorithm
+from .contract import AdvantageInput, AdvantageOutput, Algorithm, OptionError
+from .policy_loss import clipped_policy_loss
+from .registry import register_algorithm
 
 Number = Union[int, float, Tensor]
 
@@ -170,16 +173,27 @@ def value_loss(
     return loss, metrics
 
 
-@register_algorithm("ppo")
-def ppo(cfg: Any) -> AlgorithmSpec:
-    """PPO with critic and GAE; ``advantage="gae"`` is computed by the trainer
-    with :func:`gae_advantages` (not in the advantage registry)."""
-    return AlgorithmSpec(
-        name="ppo",
-        advantage="gae",
-        policy_loss="clipped",
-        needs_reference=float(getattr(cfg, "kl_coef", 0.0) or 0.0) > 0.0,
-        needs_critic=True,
-        needs_old_logprobs=True,
-        zero_advantage_has_zero_loss=True,
-    )
+@dataclass(frozen=True)
+class PPOOptions:
+    gamma: float = 1.0  # discount per policy token
+    lam: float = 1.0  # GAE lambda
+    whiten_advantages: bool = True  # over the batch's policy tokens
+
+    def __post_init__(self):
+        for key in ("gamma", "lam"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise OptionError(key, f"must be in [0, 1], got {getattr(self, key)}")
+
+
+def _gae(inp: AdvantageInput, opts: PPOOptions) -> AdvantageOutput:
+    adv, returns = gae_advantages(inp.token_rewards(), inp.values, inp.mask, opts.gamma, opts.lam)
+    if opts.whiten_advantages:
+        adv = whiten(adv, inp.mask)
+    return AdvantageOutput(adv, returns=returns)
+
+
+PPO = register_algorithm(Algorithm(
+    name="ppo", advantages=_gae, loss=clipped_policy_loss, options=PPOOptions, needs_critic=True,
+    zero_advantage_has_zero_loss=True,
+    description="GAE from a learned critic on the outcome reward, PPO clip",
+))

@@ -16,14 +16,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
 
 from .nft import positive_mask
 from .policy_loss import PolicyLossInput, PolicyLossOutput, _masked_mean, _validate, kl_and_aggregate
-from .registry import AlgorithmSpec, register_advantage, register_algorithm, register_policy_loss
+from .contract import AdvantageInput, AdvantageOutput, Algorithm, NoOptions
+from .policy_loss import clipped_policy_loss
+from .registry import register_algorithm
 
 
 def _check(rewards: Tensor, group_index: Tensor) -> torch.dtype:
@@ -35,7 +37,6 @@ def _check(rewards: Tensor, group_index: Tensor) -> torch.dtype:
     return rewards.dtype if rewards.dtype.is_floating_point else torch.get_default_dtype()
 
 
-@register_advantage("raft")
 def raft_advantages(rewards: Tensor, group_index: Tensor, *, correct: Optional[Tensor] = None) -> Tensor:
     """``1.0`` for accepted samples (correct; else ``rewards > 0.5``), ``0.0`` otherwise.
 
@@ -45,7 +46,6 @@ def raft_advantages(rewards: Tensor, group_index: Tensor, *, correct: Optional[T
     return positive_mask(rewards, correct).to(dtype)
 
 
-@register_advantage("raftpp")
 def raftpp_advantages(rewards: Tensor, group_index: Tensor, *, correct: Optional[Tensor] = None) -> Tensor:
     """``max(reward, 0)`` for accepted samples, ``0`` for rejected ones.
 
@@ -57,7 +57,6 @@ def raftpp_advantages(rewards: Tensor, group_index: Tensor, *, correct: Optional
     return torch.where(positive_mask(rewards, correct), r.clamp(min=0.0), torch.zeros_like(r))
 
 
-@register_policy_loss("nll")
 def nll_policy_loss(inp: PolicyLossInput) -> PolicyLossOutput:
     """Advantage-weighted likelihood ``-A * logp`` (+ KL loss), aggregated.
 
@@ -87,33 +86,21 @@ def nll_policy_loss(inp: PolicyLossInput) -> PolicyLossOutput:
     return PolicyLossOutput(loss=loss, metrics=metrics)
 
 
-def _uses_kl(cfg: Any) -> bool:
-    return float(getattr(cfg, "kl_coef", 0.0) or 0.0) > 0.0
+def _raft(inp: AdvantageInput, opts: NoOptions) -> AdvantageOutput:
+    return AdvantageOutput(raft_advantages(inp.sequence_rewards(), inp.group_index, correct=inp.correct))
 
 
-@register_algorithm("raft")
-def raft(cfg: Any) -> AlgorithmSpec:
-    return AlgorithmSpec(
-        name="raft",
-        advantage="raft",
-        policy_loss="nll",
-        needs_reference=_uses_kl(cfg),
-        needs_critic=False,
-        needs_old_logprobs=False,
-        zero_advantage_has_zero_loss=True,
-        drop_zero_advantage=True,
-    )
+def _raftpp(inp: AdvantageInput, opts: NoOptions) -> AdvantageOutput:
+    return AdvantageOutput(raftpp_advantages(inp.sequence_rewards(), inp.group_index, correct=inp.correct))
 
 
-@register_algorithm("raftpp")
-def raftpp(cfg: Any) -> AlgorithmSpec:
-    return AlgorithmSpec(
-        name="raftpp",
-        advantage="raftpp",
-        policy_loss="clipped",
-        needs_reference=_uses_kl(cfg),
-        needs_critic=False,
-        needs_old_logprobs=True,
-        zero_advantage_has_zero_loss=True,
-        drop_zero_advantage=True,
-    )
+RAFT = register_algorithm(Algorithm(
+    name="raft", advantages=_raft, loss=nll_policy_loss, needs_old_logprobs=False,
+    zero_advantage_has_zero_loss=True, drop_zero_advantage=True,
+    description="likelihood of the accepted samples (rejection-sampling fine-tuning)",
+))
+RAFTPP = register_algorithm(Algorithm(
+    name="raftpp", advantages=_raftpp, loss=clipped_policy_loss,
+    zero_advantage_has_zero_loss=True, drop_zero_advantage=True,
+    description="accepted samples only, trained with PPO's ratio and clipping",
+))

@@ -131,7 +131,7 @@ def baseline(cfg, model_dir: Path, batches: list[list[dict]]) -> list[dict]:
                   for o, text in zip(owners.tolist(), texts)]
         reward_s = time.perf_counter() - t
         rewards = torch.tensor([s["score"] for s in scores], dtype=torch.float32)
-        adv = grpo_advantages(rewards, owners, eps=ac.adv_eps)
+        adv = grpo_advantages(rewards, owners, eps=getattr(ac.options, "eps", 1e-6))
         full_attn = torch.cat([attn, resp_mask], 1)
         mask = torch.zeros(seq.shape[0], seq.shape[1] - 1)
         mask[:, width - 1:] = resp_mask.float()  # position t scores token t+1

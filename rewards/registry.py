@@ -14,18 +14,14 @@ registered in this process is looked up there.
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
 import inspect
 import math
 import numbers
-import os
-import sys
 import threading
 from typing import Any, Callable, Sequence, Union
 
 from rewards.schema import RewardError, RewardInput, RewardResult
+from rlcore.plugins import PluginError, load_object
 
 RewardFn = Callable[[str, str, str, dict], Union[float, dict]]
 RewardSpec = Union[str, RewardFn]
@@ -37,7 +33,6 @@ _ENTRY_POINTS: dict[str, RewardFn] = {}  # names resolved through installed entr
 _LOCK = threading.Lock()
 # Modules loaded from ``file.py:function`` specs, keyed by absolute path, so a file is
 # executed once per process (re-running it would re-register its rewards).
-_FILE_MODULES: dict[str, Any] = {}
 
 
 def register_reward(name: str, batched: bool = False) -> Callable[[RewardFn], RewardFn]:
@@ -115,19 +110,11 @@ def get_reward(spec: RewardSpec) -> RewardFn:
                 f"entry points ({ENTRY_POINT_GROUP}): {entry_point_rewards()}"
             )
         return fn
-    target, _, attr = spec.rpartition(":")
-    if not target or not attr:
-        raise RewardError(f"bad reward spec {spec!r}: expected 'module:function' or 'file.py:function'")
-    if _looks_like_file(target):
-        module = _load_file_module(target, spec)
-    else:
-        try:
-            module = importlib.import_module(target)
-        except Exception as exc:  # ImportError, or any error raised while importing user code
-            raise RewardError(f"cannot import module {target!r} for reward spec {spec!r}: {type(exc).__name__}: {exc}") from exc
-    fn = getattr(module, attr, None)
-    if fn is None:
-        raise RewardError(f"reward spec {spec!r}: {target!r} has no attribute {attr!r}")
+    try:
+        fn = load_object(spec, "reward")
+    except PluginError as exc:
+        raise RewardError(str(exc)) from exc
+    attr = spec.rpartition(":")[2]
     if not callable(fn):
         raise RewardError(f"reward spec {spec!r}: {attr!r} is a {type(fn).__name__}, not a callable")
     return fn
@@ -267,34 +254,3 @@ def _finite(x: Any) -> bool:
         return math.isfinite(float(x))
     except (TypeError, ValueError):
         return False
-
-
-def _looks_like_file(target: str) -> bool:
-    return target.endswith(".py") or "/" in target or os.sep in target
-
-
-def _load_file_module(path: str, spec: str) -> Any:
-    abspath = os.path.abspath(path)
-    with _LOCK:
-        cached = _FILE_MODULES.get(abspath)
-    if cached is not None:
-        return cached
-    if not os.path.isfile(abspath):
-        raise RewardError(f"reward spec {spec!r}: file not found: {abspath}")
-    stem = os.path.splitext(os.path.basename(abspath))[0]
-    digest = hashlib.sha1(abspath.encode()).hexdigest()[:10]
-    mod_name = f"_reward_file_{stem}_{digest}"
-    mod_spec = importlib.util.spec_from_file_location(mod_name, abspath)
-    if mod_spec is None or mod_spec.loader is None:
-        raise RewardError(f"reward spec {spec!r}: cannot load {abspath} as a Python module")
-    module = importlib.util.module_from_spec(mod_spec)
-    # Registered before exec (as importlib's recipe does) so dataclasses/pickling inside it work.
-    sys.modules[mod_name] = module
-    try:
-        mod_spec.loader.exec_module(module)
-    except Exception as exc:
-        sys.modules.pop(mod_name, None)
-        raise RewardError(f"reward spec {spec!r}: error executing {abspath}: {type(exc).__name__}: {exc}") from exc
-    with _LOCK:
-        _FILE_MODULES[abspath] = module
-    return module

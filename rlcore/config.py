@@ -138,7 +138,13 @@ class LearnerConfig:
 
 @dataclass
 class AlgorithmConfig:
+    """The algorithm (algorithms/: a registered name, or `module:ATTR` / `path/to/file.py:ATTR`),
+    its own typed `options` (the algorithm's options dataclass; a mapping in the YAML, checked at
+    load), and the loss settings every algorithm shares: the PPO clip range, KL to a reference,
+    and how token losses are aggregated."""
+
     name: str = "grpo"
+    options: Any = None  # after load: the algorithm's options object (algorithms/contract.py)
     clip_low: float = 0.2
     clip_high: float = 0.2
     dual_clip_c: float | None = None
@@ -147,18 +153,7 @@ class AlgorithmConfig:
     loss_agg: Literal[
         "token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"
     ] = "token-mean"
-    adv_eps: float = 1e-6
     kl_mode: Literal["loss", "reward"] = "loss"  # KL as a loss term, or as a reward penalty
-    # PPO (algorithm.name: ppo): GAE and the value loss
-    gamma: float = 1.0
-    lam: float = 1.0
-    whiten_advantages: bool = True
-    value_clip: float | None = 0.5
-    # NFT (algorithm.name: nft)
-    nft_weight_mode: Literal[0, 1, 2] = 2  # 0: 1, 1: 1 - r (Dr.GRPO-like), 2: sqrt((1-r)/r) (GRPO-like)
-    nft_r_clamp: float = 0.02
-    nft_eps_neg: float = 1e-3
-    nft_log_ratio_clamp: float = 10.0
 
 
 @dataclass
@@ -209,6 +204,7 @@ class CriticConfig:
     grad_clip: float = 1.0
     micro_batch_size: int = 64
     warmup_steps: int = 0  # RL steps that train only the critic before the policy moves
+    value_clip: float | None = 0.5  # the value may move at most this far from its rollout-time value
 
 
 @dataclass

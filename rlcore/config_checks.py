@@ -65,12 +65,7 @@ def check(cfg: ExperimentConfig, source: str, lines: dict[str, int] | None = Non
         )
     if cfg.resume and cfg.resume != "latest" and not cfg.resume.startswith("step_"):
         fail("resume", f"expected '', 'latest' or 'step_N', got {cfg.resume!r}")
-    from algorithms import registry as algo_registry
-
-    try:
-        algo_registry.get_algorithm(cfg.algorithm.name)
-    except KeyError as e:
-        fail("algorithm.name", str(e).strip("'\""))
+    _resolve_algorithm(cfg, source, lines or {}, fail)
     _validate_rl_sections(cfg, fail)
     _validate_reward(cfg, fail)
 
@@ -103,9 +98,9 @@ def _validate_rl_sections(cfg: ExperimentConfig, fail) -> None:
         fail("trainer.max_actor_restarts", "must be >= 0")
     if not cfg.trainer.checkpoint_every_minutes >= 0:
         fail("trainer.checkpoint_every_minutes", "must be >= 0 (0 = no time-based saves)")
-    if not 0 <= algo.gamma <= 1 or not 0 <= algo.lam <= 1:
-        fail("algorithm.gamma", "gamma and lam must be in [0, 1]")
     _validate_loss_settings(algo, fail)
+    if cfg.critic.value_clip is not None and not cfg.critic.value_clip >= 0.0:
+        fail("critic.value_clip", f"must be >= 0 (or null: no value clipping), got {cfg.critic.value_clip}")
     if cfg.critic.num_ranks < 1 or cfg.critic.micro_batch_size < 1:
         fail("critic.num_ranks", "critic.num_ranks and critic.micro_batch_size must be >= 1")
     if cfg.critic.lr <= 0:
@@ -118,10 +113,58 @@ def _validate_rl_sections(cfg: ExperimentConfig, fail) -> None:
             fail("tools.output_template", "must contain '{output}'")
 
 
+def _resolve_algorithm(cfg: ExperimentConfig, source: str, lines: dict[str, int], fail) -> None:
+    """Find the algorithm (name or import path) and turn `algorithm.options` into its typed
+    options object: unknown keys, wrong types and the ranges it rejects fail here, with the key
+    under `algorithm.options.` and its line."""
+    import dataclasses
+
+    from algorithms import OptionError, get_algorithm
+    from rlcore.config import _build
+    from rlcore.plugins import PluginError
+
+    cfg.algorithm.name = _anchor_plugin_path(cfg.algorithm.name, source, lines.get("algorithm.name", 0))
+    try:
+        algorithm = get_algorithm(cfg.algorithm.name)
+    except (KeyError, PluginError) as e:
+        fail("algorithm.name", str(e).strip("'\""))
+    raw = cfg.algorithm.options
+    if isinstance(raw, algorithm.options):
+        return  # already typed (an ExperimentConfig built in code)
+    if dataclasses.is_dataclass(raw):
+        raw = dataclasses.asdict(raw)
+    try:
+        cfg.algorithm.options = _build(algorithm.options, raw if raw is not None else {}, "algorithm.options.",
+                                       source, lines)
+    except ConfigError:
+        raise
+    except OptionError as e:
+        fail(f"algorithm.options.{e.key}", e.message)
+    except (TypeError, ValueError) as e:  # an options class that checks without OptionError
+        fail("algorithm.options", f"{type(e).__name__}: {e}")
+
+
+def _anchor_plugin_path(spec: str, source: str, line: int) -> str:
+    """A relative `file.py:ATTR` set in a config file is relative to that file (set on the command
+    line: to the current directory); made absolute, so that workers with another working
+    directory find the same file."""
+    import os
+
+    from rlcore.plugins import plugin_file
+
+    path = plugin_file(spec)
+    if path is None:
+        return spec
+    target, _, attr = spec.rpartition(":")
+    if not os.path.isabs(target) and line > 0 and os.path.isfile(source):
+        path = os.path.join(os.path.dirname(os.path.abspath(source)), target)
+    return f"{path}:{attr}"
+
+
 def _validate_loss_settings(algo, fail) -> None:
-    """What the policy and value losses check again in the workers (algorithms/policy_loss.py
-    `_validate`, algorithms/nft.py, algorithms/ppo.py `value_loss`), so that a bad value fails at
-    load, not after SFT and the first generation. Written as `not (valid)` so NaN fails too."""
+    """What the policy loss checks again in the workers (algorithms/policy_loss.py `_validate`),
+    so that a bad value fails at load, not after SFT and the first generation. Written as
+    `not (valid)` so NaN fails too."""
     if not 0.0 <= algo.clip_low < 1.0:
         fail("algorithm.clip_low", f"must be in [0, 1) (the ratio's floor is 1 - clip_low), got {algo.clip_low}")
     if not algo.clip_high >= 0.0:
@@ -130,18 +173,10 @@ def _validate_loss_settings(algo, fail) -> None:
         fail("algorithm.dual_clip_c", f"must be > 1 (or null: no dual clip), got {algo.dual_clip_c}")
     if not algo.kl_coef >= 0.0:
         fail("algorithm.kl_coef", f"must be >= 0, got {algo.kl_coef}")
-    if algo.value_clip is not None and not algo.value_clip >= 0.0:
-        fail("algorithm.value_clip", f"must be >= 0 (or null: no value clipping), got {algo.value_clip}")
-    if not 0 < algo.nft_r_clamp < 0.5:
-        fail("algorithm.nft_r_clamp", "must be in (0, 0.5)")
-    if not 0.0 < algo.nft_eps_neg < 1.0:
-        fail("algorithm.nft_eps_neg", f"must be in (0, 1), got {algo.nft_eps_neg}")
-    if not algo.nft_log_ratio_clamp > 0.0:
-        fail("algorithm.nft_log_ratio_clamp", f"must be > 0, got {algo.nft_log_ratio_clamp}")
 
 
 def _validate_async(cfg: ExperimentConfig, fail) -> None:
-    from algorithms import registry as algo_registry
+    from algorithms import get_algorithm
     from algorithms.allocators import get_allocator
 
     rc = cfg.rollout
@@ -154,8 +189,7 @@ def _validate_async(cfg: ExperimentConfig, fail) -> None:
     if getattr(get_allocator(cfg.allocation.name), "needs_grad_norm", False):
         fail("rollout.max_staleness", f"allocation.name {cfg.allocation.name!r} computes gradient norms on the "
              "learners while sampling, which would interleave with training; use max_staleness: 0")
-    spec = algo_registry.get_algorithm(cfg.algorithm.name)(cfg.algorithm)
-    if not spec.advantage_weighting_exact:
+    if not get_algorithm(cfg.algorithm.name).advantage_weighting_exact:
         fail("rollout.max_staleness", f"algorithm {cfg.algorithm.name!r}: its loss is not linear in the "
              "advantage, so importance weights cannot be applied through it; use max_staleness: 0")
 

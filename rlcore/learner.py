@@ -5,6 +5,7 @@ the batch, and all ranks run the same number of forward/backward passes.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import time
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from algorithms import PolicyLossInput, aggregate, get_policy_loss
+from algorithms import Algorithm, PolicyLossInput, aggregate, get_algorithm
 from algorithms.off_policy import truncated_is_weights
 from rlcore.cpu_pinning import pin_to_cores
 from rollout.model_io import DTYPES, load_causal_lm
@@ -49,6 +50,19 @@ class LearnerWorker:
         self.optimizer = self._make_optimizer(lcfg["lr"])
 
     # ------------------------------------------------------------------ setup
+
+    @functools.cached_property
+    def algorithm(self) -> Algorithm:
+        """Resolved here, by name or import path, as the driver did (rlcore/plugins.py)."""
+        return get_algorithm(self.cfg["algorithm"]["name"])
+
+    @functools.cached_property
+    def algorithm_options(self):
+        """The algorithm's typed options, rebuilt from the config the driver checked."""
+        from rlcore.config import _build
+
+        return _build(self.algorithm.options, self.cfg["algorithm"].get("options") or {}, "algorithm.options.",
+                      "<learner>", {})
 
     def _load_model(self, mcfg: dict):
         # Master weights stay fp32; bf16/fp16 is a compute dtype applied by FSDP's policy.
@@ -228,7 +242,7 @@ class LearnerWorker:
     def train(self, batch: dict[str, np.ndarray], loss: str, hparams: dict) -> dict[str, float]:
         """One RL or SFT step over this rank's shard: epochs x mini-batches x micro-batches.
 
-        `loss` is "sft" (mean NLL on loss_mask tokens) or a registered policy loss name.
+        `loss` is "sft" (mean NLL on loss_mask tokens) or "policy" (the algorithm's loss).
         Normalisers are global over ranks so that gradient accumulation and data parallelism
         reproduce the full-batch loss exactly.
         """
@@ -344,7 +358,7 @@ class LearnerWorker:
                     tis, is_metrics = truncated_is_weights(logp.detach(), mb["rollout_logp"], mask,
                                                            hparams["tis_cap"])
                     advantages = advantages * tis
-                out = get_policy_loss(loss)(
+                out = self.algorithm.loss(
                     PolicyLossInput(
                         logp=logp,
                         old_logp=mb["old_logp"] if "old_logp" in mb else logp.detach(),
@@ -361,7 +375,7 @@ class LearnerWorker:
                         seq_normalizer=seqs,
                         max_tokens=hparams.get("max_tokens"),
                         extras={k[6:]: v for k, v in mb.items() if k.startswith("extra/")},
-                        options=hparams,
+                        options=self.algorithm_options,
                     )
                 )
                 value, metrics = out.loss, {**out.metrics, **is_metrics}

@@ -168,11 +168,13 @@ def _unseen(worker, expected: dict[str, tuple[str, str | None]]) -> tuple[str, l
     return ray.util.get_node_ip_address(), missing
 
 
-def check_shared_filesystem(groups: dict[str, list], run_dir: Path, model_path: str) -> None:
+def check_shared_filesystem(groups: dict[str, list], run_dir: Path, model_path: str,
+                            plugin_files: dict[str, str] | None = None) -> None:
     """Every worker must see the run directory and the model the driver sees, at the same paths.
 
     Workers read what others wrote there: learner checkpoints (each rank its shard, the driver
-    the trainer state), the KL reference model that rank 0 saves, a converted or built model.
+    the trainer state), the KL reference model that rank 0 saves, a converted or built model,
+    and plug-in files they load themselves (`plugin_files`: config key -> path).
     On a multi-node cluster that needs a filesystem every node mounts at the same path; a fresh
     token written by the driver is read back by every worker, so a stale copy does not pass.
     """
@@ -184,6 +186,8 @@ def check_shared_filesystem(groups: dict[str, list], run_dir: Path, model_path: 
     model_config = Path(model_path) / "config.json"
     if model_config.is_file():  # a hub id is fetched by each worker itself
         expected["model.path"] = (str(model_config.resolve()), None)
+    for key, path in (plugin_files or {}).items():
+        expected[key] = (path, None)
     try:
         refs = {(role, i): w.__ray_call__.remote(_unseen, expected)
                 for role, workers in groups.items() for i, w in enumerate(workers)}
@@ -195,6 +199,6 @@ def check_shared_filesystem(groups: dict[str, list], run_dir: Path, model_path: 
         probe.unlink(missing_ok=True)
     if problems:
         raise SharedFilesystemError(
-            "; ".join(problems) + ". Workers read checkpoints, the KL reference model and the model from "
+            "; ".join(problems) + ". Workers read checkpoints, the KL reference model, the model and plug-in files from "
             "these paths: on a multi-node Ray cluster put output_dir and model.path on a filesystem that "
             "every node mounts at the same path (NFS, Lustre, a cloud file store), given as absolute paths.")

@@ -27,6 +27,7 @@ from rlcore.config import ExperimentConfig, save_config
 from rlcore.data.source import PromptSource
 from rlcore.engine_sync import EngineSync, WorkerDiedError
 from rlcore.groups import LearnerGroup, RolloutGroup
+from rlcore.plugins import plugin_file
 from rlcore.progress import Progress
 from rlcore.rollout_pipeline import Rollout, RolloutPipeline
 from rlcore.prompts import PromptRenderer, load_datasets
@@ -34,7 +35,7 @@ from rlcore.sampling import GroupSampler, is_accepted
 from rlcore.sft import run_sft
 from rlcore.tracking import Tracker, plot_learning_curve
 from rlcore.tools import ToolRunner
-from rlcore.update import UpdateBuilder
+from rlcore.update import UpdateBuilder, uses_reference
 from rollout.tool_rollout import tool_metrics
 from rollout.engine import Request, SamplingConfig, request_seed
 
@@ -61,7 +62,7 @@ class Trainer:
         """Everything that can fail on bad input fails here, before any worker starts."""
         self.cfg = cfg
         self.run_dir = cfg.run_dir
-        self.spec = get_algorithm(cfg.algorithm.name)(cfg.algorithm)
+        self.algorithm = get_algorithm(cfg.algorithm.name)
         # fn, or the composition (weighted components + length shaping); resolved now, so a typo
         # fails before workers start
         self.reward = reward_from_config(cfg.reward, override=reward)
@@ -80,7 +81,7 @@ class Trainer:
             self.allocator, self.source, self.renderer, cfg.rollout.prompts_per_step, cfg.rollout.n_samples,
             presample_n=ac.presample_n, reuse_presamples=ac.reuse_presamples,
         )
-        self.update = UpdateBuilder(cfg, self.spec, self.pad_id)
+        self.update = UpdateBuilder(cfg, self.algorithm, self.pad_id)
         self.critic = None
         self.tools = None
         self.resume_from = self._find_resume()
@@ -136,12 +137,13 @@ class Trainer:
         self.engines = EngineSync(self.cfg, self.learners, self.rollout, probe=self._probe_sequences,
                                   note=lambda msg: self.progress.note(f"step {self.step}: {msg}"),
                                   resume_hint=self._resume_hint)
-        if self.spec.needs_critic:
+        if self.algorithm.needs_critic:
             self.critic = LearnerGroup(*topology.create_learner_group(self.cfg, role="critic"))
+        algorithm_file = plugin_file(self.cfg.algorithm.name)  # the learners load it too
         topology.check_shared_filesystem(
             {"rollout worker": self.rollout.workers, "learner rank": self.learners.workers,
              **({"critic rank": self.critic.workers} if self.critic is not None else {})},
-            self.run_dir, self.cfg.model.path)
+            self.run_dir, self.cfg.model.path, {"algorithm.name": algorithm_file} if algorithm_file else None)
         self.tools = ToolRunner(self.cfg.tools, self.rollout.generate, self.tokenizer) if self.cfg.tools.enabled else None
         self.pool = RewardPool(
             self.reward, num_workers=self.cfg.reward.num_workers,
@@ -214,7 +216,7 @@ class Trainer:
             self.progress.start_sft(cfg.sft.steps)
             run_sft(cfg, self.learners, self.renderer, self.train_records, self.pad_id, self.progress.sft_step)
             self.learners.call("reset_optimizer", cfg.learner.lr)
-        if self.spec.needs_reference:
+        if uses_reference(self.cfg):
             # The reference is the post-SFT policy; keep it on disk so a resumed run uses it too.
             self.learners.call("save_hf_model", str(self.reference_dir))
             self.learners.call("enable_reference", str(self.reference_dir))
@@ -225,7 +227,7 @@ class Trainer:
 
     def _restore(self, path: Path) -> int:
         state = ckpt.load_trainer_state(path)
-        if self.spec.needs_reference:
+        if uses_reference(self.cfg):
             if not (self.reference_dir / "config.json").is_file():
                 raise FileNotFoundError(f"{self.reference_dir}: KL reference model missing; cannot resume exactly")
             self.learners.call("enable_reference", str(self.reference_dir))
@@ -319,11 +321,12 @@ class Trainer:
         if batch is not None:
             hparams = self.update.hparams()
             if self.critic is not None:
-                train_metrics.update(self.critic.train_values(batch, {**hparams, "mini_batches": cfg.learner.mini_batches,
+                train_metrics.update(self.critic.train_values(batch, {**hparams, "value_clip": cfg.critic.value_clip,
+                                                                      "mini_batches": cfg.learner.mini_batches,
                                                                       "epochs": cfg.learner.epochs}))
             if self.critic is None or self.step > cfg.critic.warmup_steps:
                 lr = policy_lr(self.step, cfg)
-                train_metrics.update(self.learners.train(batch, self.spec.policy_loss, {**hparams, "lr": lr}))
+                train_metrics.update(self.learners.train(batch, "policy", {**hparams, "lr": lr}))
                 train_metrics["train/lr"] = lr
         timings["time/update_s"] = time.perf_counter() - t
 

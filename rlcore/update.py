@@ -1,47 +1,45 @@
 """From scored groups to the arrays the learners train on: log-probs, KL, advantages, values.
 
-Which of these are computed is decided by the algorithm's spec (algorithms/registry.py), never
-by the algorithm's name, so a newly registered algorithm needs no change here.
+Which of these are computed is decided by the algorithm's flags (algorithms/contract.py), never
+by its name, so a new algorithm needs no change here.
 """
 from __future__ import annotations
 
-import inspect
 import math
-from dataclasses import asdict, fields
 
 import numpy as np
 import torch
 
-from algorithms import get_advantage, kl_penalty
+from algorithms import AdvantageInput, Algorithm, kl_penalty
+from algorithms.contract import spread
 from algorithms.off_policy import truncated_is_weights
-from algorithms.ppo import gae_advantages, outcome_token_rewards, whiten
 from rlcore.batch import build_batch, pad_rows, select_rows
 from rlcore.config import ExperimentConfig
 from rlcore.sampling import is_accepted
 
 
+def uses_reference(cfg: ExperimentConfig) -> bool:
+    """A frozen reference policy exists exactly when there is a KL term (loss or reward)."""
+    return cfg.algorithm.kl_coef > 0
+
+
 class UpdateBuilder:
-    def __init__(self, cfg: ExperimentConfig, spec, pad_id: int):
-        self.cfg, self.spec, self.pad_id = cfg, spec, pad_id
-        self.advantage_fn = get_advantage(spec.advantage) if not spec.needs_critic else None
-        algo = cfg.algorithm
-        accepted = inspect.signature(self.advantage_fn).parameters if self.advantage_fn else {}
-        options = {f.name: getattr(algo, f.name) for f in fields(algo)}
-        self.advantage_kwargs = {k: v for k, v in options.items() if k in accepted}
-        if "eps" in accepted:
-            self.advantage_kwargs["eps"] = algo.adv_eps
-        self.wants_correct = "correct" in accepted
+    def __init__(self, cfg: ExperimentConfig, algorithm: Algorithm, pad_id: int):
+        self.cfg, self.algorithm, self.pad_id = cfg, algorithm, pad_id
         lc = cfg.learner
         multiple = lc.num_ranks * lc.mini_batches
-        if spec.needs_critic:
+        if algorithm.needs_critic:
             multiple = math.lcm(multiple, cfg.critic.num_ranks * lc.mini_batches)
         self.row_multiple = multiple
 
     def hparams(self) -> dict:
-        """Everything the policy loss may read (PolicyLossInput fields and `options`)."""
+        """The per-step settings the learners' loss reads besides the config they hold: the
+        shared loss settings, with the KL coefficient zeroed when the penalty is in the rewards,
+        and how this step's update runs."""
         algo, rc = self.cfg.algorithm, self.cfg.rollout
-        hp = {k: v for k, v in asdict(algo).items() if isinstance(v, (int, float, str, bool)) or v is None}
-        hp.update(temperature=rc.temperature, loss_agg=algo.loss_agg, max_tokens=rc.max_new_tokens)
+        hp = dict(clip_low=algo.clip_low, clip_high=algo.clip_high, dual_clip_c=algo.dual_clip_c,
+                  kl_coef=algo.kl_coef, kl_estimator=algo.kl_estimator, loss_agg=algo.loss_agg,
+                  temperature=rc.temperature, max_tokens=rc.max_new_tokens)
         if algo.kl_mode == "reward":
             hp["kl_coef"] = 0.0  # the penalty is already in the rewards
         hp["skip_zero_advantage"] = self.skips_zero_advantage()
@@ -52,11 +50,11 @@ class UpdateBuilder:
         """Asynchronous single-pass updates take the TIS weights from the training forward itself
         (the learner's log-probs before its only optimiser step), saving a whole forward pass.
         Multi-pass updates, and algorithms that need pi_old here anyway, weight in build()."""
-        cfg, spec = self.cfg, self.spec
+        cfg, spec = self.cfg, self.algorithm
         if cfg.rollout.max_staleness == 0:
             return False
         multi_pass = cfg.learner.mini_batches > 1 or cfg.learner.epochs > 1
-        kl_in_reward = spec.needs_reference and cfg.algorithm.kl_mode == "reward"
+        kl_in_reward = uses_reference(cfg) and cfg.algorithm.kl_mode == "reward"
         return not (multi_pass or (spec.needs_old_logprobs and (kl_in_reward or spec.needs_critic)))
 
     def skips_zero_advantage(self) -> bool:
@@ -64,11 +62,11 @@ class UpdateBuilder:
         exactly zero and no KL loss term is active (they still count in the normalisers)."""
         algo = self.cfg.algorithm
         kl_loss = algo.kl_mode == "loss" and algo.kl_coef > 0
-        return self.spec.zero_advantage_has_zero_loss and not kl_loss
+        return self.algorithm.zero_advantage_has_zero_loss and not kl_loss
 
     def build(self, groups, learners, critic=None) -> tuple[dict | None, dict]:
         """The padded learner batch (None if no sample carries signal) and its metrics."""
-        cfg, spec, algo = self.cfg, self.spec, self.cfg.algorithm
+        cfg, spec, algo = self.cfg, self.algorithm, self.cfg.algorithm
         prompts, completions, results, owners = [], [], [], []
         for gi, g in enumerate(groups):
             for c, r in zip(g.completions, g.results):
@@ -86,12 +84,12 @@ class UpdateBuilder:
         mask = torch.from_numpy(batch["loss_mask"][:n])
         temperature = cfg.rollout.temperature
         multi_pass = cfg.learner.mini_batches > 1 or cfg.learner.epochs > 1
-        kl_in_reward = spec.needs_reference and algo.kl_mode == "reward"
+        kl_in_reward = uses_reference(cfg) and algo.kl_mode == "reward"
         # Off-policy weights need the learner's own log-probs, unless the learner takes them itself.
         weight_here = cfg.rollout.max_staleness > 0 and not self.tis_in_learner()
         if weight_here or (spec.needs_old_logprobs and (multi_pass or kl_in_reward or spec.needs_critic)):
             batch["old_logp"] = learners.compute_logprobs(batch, temperature, positions="loss")
-        if spec.needs_reference:
+        if uses_reference(cfg):
             batch["ref_logp"] = learners.compute_logprobs(batch, temperature, reference=True, positions="loss")
 
         rewards = torch.tensor([float(r.score) for r in results], dtype=torch.float32)
@@ -103,32 +101,25 @@ class UpdateBuilder:
                                  algo.kl_coef, algo.kl_estimator)
             metrics["reward/kl_penalty_mean"] = float(penalty.sum(-1).mean())
 
-        token_adv = np.zeros_like(batch["loss_mask"])
+        values = None
         if spec.needs_critic:
-            values = critic.compute_values(batch)
-            token_rewards = outcome_token_rewards(rewards, mask) - penalty
-            adv, returns = gae_advantages(token_rewards, torch.from_numpy(values[:n]), mask, algo.gamma, algo.lam)
-            if algo.whiten_advantages:
-                adv = whiten(adv, mask)
-            token_adv[:n] = adv.numpy()
+            batch["old_values"] = critic.compute_values(batch)
+            values = torch.from_numpy(batch["old_values"][:n])
+        out = spec.advantages(AdvantageInput(
+            rewards=rewards, group_index=torch.tensor(owners), mask=mask, token_penalty=penalty, values=values,
+            correct=torch.tensor([is_accepted(r) for r in results], dtype=torch.bool),
+        ), algo.options)
+        token_adv = np.zeros_like(batch["loss_mask"])
+        token_adv[:n] = out.token_advantages(mask).numpy()
+        seq_adv = out.sequence_advantages(mask)
+        if out.returns is not None:
             batch["returns"] = np.zeros_like(token_adv)
-            batch["returns"][:n] = returns.numpy()
-            batch["old_values"] = values
-            seq_adv = (adv * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-        else:
-            scores = rewards - penalty.sum(-1)
-            kwargs = dict(self.advantage_kwargs)
-            if self.wants_correct:
-                kwargs["correct"] = torch.tensor([is_accepted(r) for r in results])
-            out = self.advantage_fn(scores, torch.tensor(owners), **kwargs)
-            per_sample = out if isinstance(out, dict) else {"advantages": out}
-            seq_adv = per_sample["advantages"].float()
-            token_adv[:n] = (seq_adv[:, None] * mask).numpy()
-            for name, value in per_sample.items():
-                if name != "advantages":
-                    extra = np.zeros_like(batch["loss_mask"])
-                    extra[:n] = (value.float()[:, None] * mask).numpy()
-                    batch[f"extra/{name}"] = extra
+            batch["returns"][:n] = (out.returns.float() * mask).numpy()
+        elif spec.needs_critic:
+            raise ValueError(f"algorithm {spec.name!r} has a critic but its advantages returned no returns")
+        for name, value in out.extras.items():
+            batch[f"extra/{name}"] = np.zeros_like(batch["loss_mask"])
+            batch[f"extra/{name}"][:n] = spread(value, mask).numpy()
         if weight_here:
             weights, is_metrics = truncated_is_weights(torch.from_numpy(batch["old_logp"][:n]),
                                                        torch.from_numpy(batch["rollout_logp"][:n]), mask,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,21 +12,23 @@ import torch
 import algorithms
 from algorithms import (
     AGG_MODES,
-    AlgorithmSpec,
+    AdvantageInput,
+    Algorithm,
     PolicyLossInput,
     PolicyLossOutput,
     aggregate,
-    broadcast_to_tokens,
     clipped_policy_loss,
-    drgrpo_advantages,
-    get_advantage,
     get_algorithm,
-    get_policy_loss,
     grpo_advantages,
     kl_estimate,
-    register_advantage,
+    register_algorithm,
 )
 from algorithms import registry as reg
+from algorithms.contract import spread
+
+
+def drgrpo_advantages(rewards, groups):
+    return grpo_advantages(rewards, groups, norm_by_std=False)
 
 D = torch.float64
 
@@ -116,12 +117,12 @@ def test_drgrpo_hand_computed():
     torch.testing.assert_close(drgrpo_advantages(rewards2, torch.tensor([0, 0, 0])), t([2, -1, -1]))
 
 
-def test_broadcast_to_tokens():
+def test_spread_puts_sequence_values_on_the_policy_tokens():
     adv = t([2.0, -1.0])
     mask = t([[0, 1, 1], [1, 1, 0]])
-    torch.testing.assert_close(broadcast_to_tokens(adv, mask), t([[0, 2, 2], [-1, -1, 0]]))
-    with pytest.raises(ValueError):
-        broadcast_to_tokens(adv, mask[:1])
+    torch.testing.assert_close(spread(adv, mask), t([[0, 2, 2], [-1, -1, 0]]))
+    with pytest.raises(ValueError):  # a mask for other rows
+        spread(adv, mask[:1])
 
 
 # --------------------------------------------------------------------------- KL
@@ -450,59 +451,52 @@ def test_policy_loss_all_masked_is_zero():
 # --------------------------------------------------------------------------- registry / specs
 
 
-def test_registry_lookup():
-    assert get_advantage("grpo") is grpo_advantages
-    assert get_advantage("drgrpo") is drgrpo_advantages
-    assert get_policy_loss("clipped") is clipped_policy_loss
-    assert "grpo" in algorithms.list_algorithms() and "drgrpo" in algorithms.list_algorithms()
+def _input(rewards, groups, mask=None):
+    rewards = t(rewards)
+    mask = torch.ones(len(rewards), 2, dtype=D) if mask is None else mask
+    return AdvantageInput(rewards=rewards, group_index=torch.tensor(groups), correct=rewards > 0.5, mask=mask,
+                          token_penalty=torch.zeros_like(mask))
 
 
-@pytest.mark.parametrize(
-    "getter,known", [(get_advantage, "grpo"), (get_policy_loss, "clipped"), (get_algorithm, "drgrpo")]
-)
-def test_registry_unknown_name_lists_available(getter, known):
-    with pytest.raises(KeyError) as e:
-        getter("nope")
-    assert "nope" in str(e.value) and known in str(e.value)
-
-
-def test_registry_duplicate():
-    name = "_test_duplicate_adv"
-
-    def f(rewards, group_index):
-        return rewards
-
-    def other(rewards, group_index):
-        return rewards
-
-    try:
-        register_advantage(name)(f)
-        register_advantage(name)(f)  # same fn: idempotent
-        with pytest.raises(ValueError, match="already registered"):
-            register_advantage(name)(other)
-        with pytest.raises(ValueError, match="already registered"):
-            register_advantage("grpo")(other)
-        assert get_advantage(name) is f
-    finally:
-        reg._ADVANTAGES._fns.pop(name, None)
-
-
-def test_algorithm_specs():
-    spec = get_algorithm("grpo")(SimpleNamespace(kl_coef=0.0))
-    assert spec == AlgorithmSpec(
-        name="grpo", advantage="grpo", policy_loss="clipped",
-        needs_reference=False, needs_critic=False, needs_old_logprobs=True,
-        zero_advantage_has_zero_loss=True,
-    )
-    assert get_algorithm("grpo")(SimpleNamespace(kl_coef=0.01)).needs_reference
-    dr = get_algorithm("drgrpo")(SimpleNamespace(kl_coef=0.0))
-    assert dr.advantage == "drgrpo" and dr.policy_loss == "clipped" and not dr.needs_reference
-    assert get_algorithm("drgrpo")(SimpleNamespace(kl_coef=0.1)).needs_reference
-    # spec names resolve in their registries
-    for s in (spec, dr):
-        get_advantage(s.advantage), get_policy_loss(s.policy_loss)
+def test_registered_algorithms_bundle_their_advantage_and_loss():
+    grpo, dr = get_algorithm("grpo"), get_algorithm("drgrpo")
+    assert grpo.loss is clipped_policy_loss and dr.loss is clipped_policy_loss
+    inp = _input([1.0, 0.0, 0.0, 1.0], [0, 0, 0, 0])
+    torch.testing.assert_close(grpo.advantages(inp, grpo.options()).advantages.double(),
+                               grpo_advantages(inp.rewards, inp.group_index).double())
+    torch.testing.assert_close(dr.advantages(inp, dr.options()).advantages, t([0.5, -0.5, -0.5, 0.5]))
+    assert grpo.needs_old_logprobs and not grpo.needs_critic and grpo.zero_advantage_has_zero_loss
     with pytest.raises(Exception):
-        spec.name = "x"  # frozen
+        grpo.name = "x"  # frozen
+
+
+def test_sequence_rewards_subtract_the_summed_kl_penalty():
+    inp = _input([1.0, 0.0], [0, 0], mask=t([[1, 1], [1, 0]]))
+    inp.token_penalty = t([[0.1, 0.2], [0.3, 0.0]])
+    torch.testing.assert_close(inp.sequence_rewards().double(), t([0.7, -0.3]))
+    # token rewards: the score on the last policy token, minus each token's penalty
+    torch.testing.assert_close(inp.token_rewards().double(), t([[-0.1, 0.8], [-0.3, 0.0]]))
+
+
+def test_unknown_algorithm_lists_the_registered_ones():
+    with pytest.raises(KeyError) as e:
+        get_algorithm("nope")
+    assert "nope" in str(e.value) and "drgrpo" in str(e.value) and "file.py:ATTR" in str(e.value)
+
+
+def test_registering_another_algorithm_under_a_taken_name_is_refused():
+    def loss(inp):
+        raise AssertionError
+
+    mine = Algorithm(name="_test_duplicate", advantages=lambda inp, opts: None, loss=loss)
+    try:
+        assert register_algorithm(mine) is mine
+        assert register_algorithm(mine) is mine  # the same object: idempotent
+        with pytest.raises(ValueError, match="already registered"):
+            register_algorithm(Algorithm(name="grpo", advantages=lambda inp, opts: None, loss=loss))
+        assert get_algorithm("_test_duplicate") is mine
+    finally:
+        reg._ALGORITHMS.pop("_test_duplicate", None)
 
 
 def test_package_is_pure_torch():

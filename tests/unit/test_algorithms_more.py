@@ -3,36 +3,28 @@
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 import algorithms
 from algorithms import (
-    AlgorithmSpec,
     PolicyLossInput,
     aggregate,
-    broadcast_to_tokens,
     clipped_policy_loss,
-    drgrpo_advantages,
-    gae_advantages,
-    get_advantage,
     get_algorithm,
-    get_policy_loss,
     grpo_advantages,
     kl_estimate,
     kl_penalty,
-    nft_advantages,
-    nft_policy_loss,
-    nll_policy_loss,
-    outcome_token_rewards,
-    penalized_scores,
-    raft_advantages,
-    raftpp_advantages,
-    value_loss,
-    whiten,
 )
+from algorithms.contract import spread
+from algorithms.nft import NFTOptions, nft_advantages, nft_policy_loss
+from algorithms.ppo import gae_advantages, outcome_token_rewards, value_loss, whiten
+from algorithms.raft import nll_policy_loss, raft_advantages, raftpp_advantages
+
+
+def drgrpo_advantages(rewards, groups):
+    return grpo_advantages(rewards, groups, norm_by_std=False)
 
 D = torch.float64
 
@@ -106,9 +98,9 @@ def test_nft_advantages_clamp_rewards_fallback_and_errors():
 
 
 def _nft_input(logp, old, mask, adv_out, **kw):
-    extras = {k: broadcast_to_tokens(v, mask) for k, v in adv_out.items() if k != "advantages"}
+    extras = {k: spread(v, mask) for k, v in adv_out.items() if k != "advantages"}
     return PolicyLossInput(
-        logp=logp, old_logp=old, advantages=broadcast_to_tokens(adv_out["advantages"], mask),
+        logp=logp, old_logp=old, advantages=spread(adv_out["advantages"], mask),
         mask=mask, extras=extras, **kw,
     )
 
@@ -143,7 +135,7 @@ def test_nft_straight_through_clip():
     mask = t([[1.0]])
     logp = torch.log(t([[2.5]])).requires_grad_()
     eps = 0.01
-    out = nft_policy_loss(_nft_input(logp, torch.zeros(1, 1, dtype=D), mask, adv, options={"nft_eps_neg": eps}))
+    out = nft_policy_loss(_nft_input(logp, torch.zeros(1, 1, dtype=D), mask, adv, options=NFTOptions(eps_neg=eps)))
     # x = (1 - 1.25) / .5 = -.5 -> value floor eps, gradient of -log at eps times dx
     torch.testing.assert_close(out.loss, t(-0.7 * math.log(eps)))
     out.loss.backward()
@@ -155,7 +147,7 @@ def test_nft_log_ratio_clamp_option():
     adv = {"advantages": t([1.0]), "nft_r_hat": t([0.5]), "nft_positive": t([1.0]), "nft_weight": t([1.0])}
     mask = t([[1.0, 1.0]])
     logp = t([[5.0, -1.0]]).requires_grad_()
-    out = nft_policy_loss(_nft_input(logp, torch.zeros(1, 2, dtype=D), mask, adv, options={"nft_log_ratio_clamp": 2.0}))
+    out = nft_policy_loss(_nft_input(logp, torch.zeros(1, 2, dtype=D), mask, adv, options=NFTOptions(log_ratio_clamp=2.0)))
     torch.testing.assert_close(out.loss, t((-2.0 + 1.0) / 2))
     out.loss.backward()
     torch.testing.assert_close(logp.grad, t([[0.0, -0.5]]))  # clamped token has no gradient
@@ -220,7 +212,7 @@ def test_nft_on_policy_gradient_equals_grpo(agg_mode, mode, baseline):
     g_base = _grad(
         clipped_policy_loss,
         lambda lp, old: PolicyLossInput(
-            logp=lp, old_logp=old, advantages=broadcast_to_tokens(base_adv, mask), mask=mask, agg_mode=agg_mode
+            logp=lp, old_logp=old, advantages=spread(base_adv, mask), mask=mask, agg_mode=agg_mode
         ),
         model,
     )
@@ -234,7 +226,7 @@ def test_nft_on_policy_gradient_is_pg_with_its_advantage(mode):
     model = _TinyPolicy(*mask.shape)
     adv = nft_advantages(rewards, groups, nft_weight_mode=mode)
     g_nft = _grad(nft_policy_loss, lambda lp, old: _nft_input(lp, old, mask, adv), model)
-    a_tok = broadcast_to_tokens(adv["advantages"], mask)
+    a_tok = spread(adv["advantages"], mask)
     g_pg = _grad(clipped_policy_loss, lambda lp, old: PolicyLossInput(lp, old, a_tok, mask), model)
     _assert_grads_close(g_nft, g_pg)
 
@@ -245,7 +237,7 @@ def test_nft_vs_default_grpo_unbiased_std_factor():
     model = _TinyPolicy(*mask.shape)
     adv = nft_advantages(rewards, groups, nft_weight_mode=2)
     g_nft = _grad(nft_policy_loss, lambda lp, old: _nft_input(lp, old, mask, adv), model)
-    a_tok = broadcast_to_tokens(grpo_advantages(rewards, groups, eps=0.0), mask)
+    a_tok = spread(grpo_advantages(rewards, groups, eps=0.0), mask)
     g_grpo = _grad(clipped_policy_loss, lambda lp, old: PolicyLossInput(lp, old, a_tok, mask), model)
     _assert_grads_close(g_nft, g_grpo, scale=math.sqrt((n - 1) / n))
 
@@ -323,7 +315,7 @@ def test_nll_gradient_is_sft_on_accepted():
     mask = (torch.rand(B, T, generator=g) > 0.3).to(D)
     rewards = t([1, 0, 1, 1, 0, 0])
     acc = raft_advantages(rewards, torch.zeros(B, dtype=torch.long))
-    adv = broadcast_to_tokens(acc, mask)
+    adv = spread(acc, mask)
     n_acc = (mask * acc[:, None]).sum()
     logp = model()
     nll_policy_loss(PolicyLossInput(logp, None, adv, mask, token_normalizer=n_acc)).loss.backward()
@@ -416,14 +408,13 @@ def test_value_loss_hand_computed():
 # --------------------------------------------------------------------------- KL in reward
 
 
-def test_kl_penalty_and_penalized_scores():
+def test_kl_penalty():
     logp = t([[-1.0, -2.0, -0.5], [-1.0, -1.0, -1.0]]).requires_grad_()
     ref = t([[-1.5, -1.0, -9.0], [-1.0, -3.0, -1.0]])
     mask = t([[1, 1, 0], [1, 1, 1]])
     pen = kl_penalty(logp, ref, mask, 0.1)
     torch.testing.assert_close(pen, t([[0.05, -0.1, 0.0], [0.0, 0.2, 0.0]]))
     assert not pen.requires_grad
-    torch.testing.assert_close(penalized_scores(t([1.0, 0.0]), logp, ref, mask, 0.1), t([1.05, -0.2]))
     torch.testing.assert_close(kl_penalty(logp, ref, mask, 2.0, "k2"), t([[0.25, 1.0, 0.0], [0.0, 4.0, 0.0]]))
     with pytest.raises(ValueError):
         kl_penalty(logp, ref[:1], mask, 0.1)
@@ -432,21 +423,10 @@ def test_kl_penalty_and_penalized_scores():
 # --------------------------------------------------------------------------- specs
 
 
-def test_new_algorithm_specs():
-    off, on = SimpleNamespace(kl_coef=0.0), SimpleNamespace(kl_coef=0.1)
-    assert get_algorithm("nft")(off) == AlgorithmSpec(
-        name="nft", advantage="nft", policy_loss="nft", needs_reference=False,
-        needs_critic=False, needs_old_logprobs=True, drop_zero_advantage=True,
-        advantage_weighting_exact=False,
-    )
-    raft = get_algorithm("raft")(off)
-    assert (raft.advantage, raft.policy_loss, raft.needs_old_logprobs, raft.drop_zero_advantage) == ("raft", "nll", False, True)
-    rpp = get_algorithm("raftpp")(off)
-    assert (rpp.advantage, rpp.policy_loss, rpp.needs_old_logprobs, rpp.drop_zero_advantage) == ("raftpp", "clipped", True, True)
-    ppo = get_algorithm("ppo")(off)
-    assert (ppo.advantage, ppo.policy_loss, ppo.needs_critic, ppo.needs_old_logprobs) == ("gae", "clipped", True, True)
-    for name in ("nft", "raft", "raftpp", "ppo"):
-        assert get_algorithm(name)(on).needs_reference and not get_algorithm(name)(off).needs_reference
-    for s in (get_algorithm(n)(off) for n in ("nft", "raft", "raftpp")):
-        get_advantage(s.advantage), get_policy_loss(s.policy_loss)
-    assert get_policy_loss("nft") is nft_policy_loss and get_policy_loss("nll") is nll_policy_loss
+def test_algorithm_flags():
+    nft, raft, rpp, ppo = (get_algorithm(n) for n in ("nft", "raft", "raftpp", "ppo"))
+    assert nft.loss is nft_policy_loss and nft.options is NFTOptions and nft.drop_zero_advantage
+    assert not nft.advantage_weighting_exact
+    assert raft.loss is nll_policy_loss and not raft.needs_old_logprobs and raft.drop_zero_advantage
+    assert rpp.loss is clipped_policy_loss and rpp.needs_old_logprobs and rpp.drop_zero_advantage
+    assert ppo.needs_critic and ppo.loss is clipped_policy_loss

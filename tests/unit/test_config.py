@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import re
+
 import pytest
 
 from rlcore.config import ConfigError, load_config
@@ -103,7 +105,7 @@ def test_cli_reports_config_error_and_exits_2(tmp_path):
     (["allocation.name=gvm", "allocation.min_samples=2"], "allocation.min_samples: must be >= presample_n"),
     (["allocation.name=gvm", "allocation.max_samples=3"], "allocation.min_samples: need 0 <= min_samples"),
     (["allocation.name=difficulty", "rollout.n_samples=64"], "allocation.max_samples: the per-prompt budget"),
-    (["algorithm.nft_weight_mode=3"], "algorithm.nft_weight_mode: expected one of 0, 1, 2"),
+    (["algorithm.name=nft", "algorithm.options.weight_mode=3"], "algorithm.options.weight_mode: expected one of 0, 1, 2"),
     (["algorithm.kl_mode=penalty"], "algorithm.kl_mode: expected one of 'loss', 'reward'"),
     (["critic.lr=0"], "critic.lr: must be > 0"),
     (["trainer.max_samples=-1"], "trainer.max_samples: must be >= 0"),
@@ -171,34 +173,50 @@ def test_asynchronous_rollout_settings_checked_at_load(tmp_path):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("dual_clip_c", "1.0", "must be > 1"),
-    ("dual_clip_c", "0.5", "must be > 1"),
-    ("kl_coef", "-0.1", "must be >= 0"),
-    ("kl_coef", ".nan", "must be >= 0"),
-    ("clip_low", "1.0", r"must be in \[0, 1\)"),
-    ("clip_low", "-0.1", r"must be in \[0, 1\)"),
-    ("clip_high", "-0.2", "must be >= 0"),
-    ("value_clip", "-0.5", "must be >= 0"),
-    ("nft_eps_neg", "1.0", r"must be in \(0, 1\)"),
-    ("nft_eps_neg", "0", r"must be in \(0, 1\)"),
-    ("nft_log_ratio_clamp", "0", "must be > 0"),
-    ("nft_log_ratio_clamp", "-3", "must be > 0"),
+    ("algorithm.dual_clip_c", "1.0", "must be > 1"),
+    ("algorithm.dual_clip_c", "0.5", "must be > 1"),
+    ("algorithm.kl_coef", "-0.1", "must be >= 0"),
+    ("algorithm.kl_coef", ".nan", "must be >= 0"),
+    ("algorithm.clip_low", "1.0", r"must be in \[0, 1\)"),
+    ("algorithm.clip_low", "-0.1", r"must be in \[0, 1\)"),
+    ("algorithm.clip_high", "-0.2", "must be >= 0"),
+    ("critic.value_clip", "-0.5", "must be >= 0"),
+    ("algorithm.options.eps_neg", "1.0", r"must be in \(0, 1\)"),
+    ("algorithm.options.eps_neg", "0", r"must be in \(0, 1\)"),
+    ("algorithm.options.log_ratio_clamp", "0", "must be > 0"),
+    ("algorithm.options.log_ratio_clamp", "-3", "must be > 0"),
+    ("algorithm.options.r_clamp", "0.5", r"must be in \(0, 0.5\)"),
+    ("algorithm.options.weight_mode", "3", "expected one of 0, 1, 2"),
+    ("algorithm.options.no_such_option", "3", "unknown key 'algorithm.options.no_such_option'"),
 ])
 def test_loss_settings_fail_at_load_with_key_file_and_line(tmp_path, key, value, message):
     # The losses check these again in the workers, but only after SFT and the first generation.
-    path = write(tmp_path, GOOD + f"algorithm:\n  name: nft\n  {key}: {value}\n")
-    with pytest.raises(ConfigError, match=rf"exp\.yaml:8: algorithm\.{key}: {message}") as e:
+    section, *rest = key.split(".")
+    nested = "".join(f"\n{'  ' * (i + 1)}{part}:" for i, part in enumerate(rest))
+    text = GOOD + ("algorithm:\n  name: nft\n" if section == "algorithm" else f"algorithm:\n  name: nft\n{section}:")
+    if section == "algorithm" and rest[0] == "options":
+        text += "  options:" + "".join(f"\n{'  ' * (i + 2)}{p}:" for i, p in enumerate(rest[1:])) + f" {value}\n"
+        line = 9
+    elif section == "algorithm":
+        text += f"  {rest[0]}: {value}\n"
+        line = 8
+    else:
+        text += nested + f" {value}\n"
+        line = 9
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=rf"exp\.yaml:{line}: .*{message}") as e:
         load_config(path)
-    assert str(e.value).startswith(f"{path}:8: ")
-    with pytest.raises(ConfigError, match=rf"command-line override algorithm\.{key}: algorithm\.{key}: {message}"):
-        load_config(write(tmp_path, GOOD), [f"algorithm.{key}={value}"])
+    assert str(e.value).startswith(f"{path}:{line}: ")
+    with pytest.raises(ConfigError, match=rf"command-line override {re.escape(key)}: .*{message}"):
+        load_config(write(tmp_path, GOOD), ["algorithm.name=nft", f"{key}={value}"])
 
 
 def test_loss_settings_at_their_limits_load(tmp_path):
-    limits = ["dual_clip_c=1.01", "clip_low=0", "clip_high=0", "kl_coef=0", "value_clip=null", "nft_eps_neg=0.999",
-              "nft_log_ratio_clamp=0.01"]
-    cfg = load_config(write(tmp_path, GOOD), [f"algorithm.{item}" for item in limits])
-    assert cfg.algorithm.dual_clip_c == 1.01 and cfg.algorithm.value_clip is None
+    limits = ["algorithm.dual_clip_c=1.01", "algorithm.clip_low=0", "algorithm.clip_high=0", "algorithm.kl_coef=0",
+              "critic.value_clip=null", "algorithm.options.eps_neg=0.999", "algorithm.options.log_ratio_clamp=0.01"]
+    cfg = load_config(write(tmp_path, GOOD), ["algorithm.name=nft", *limits])
+    assert cfg.algorithm.dual_clip_c == 1.01 and cfg.critic.value_clip is None
+    assert cfg.algorithm.options.eps_neg == 0.999 and cfg.algorithm.options.log_ratio_clamp == 0.01
 
 
 def test_cross_field_errors_name_the_line(tmp_path):

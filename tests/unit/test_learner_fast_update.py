@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from algorithms import AGG_MODES, PolicyLossInput, aggregate, get_policy_loss
+from algorithms import AGG_MODES, PolicyLossInput, aggregate, clipped_policy_loss
 from rlcore import learner as learner_mod
 from rlcore.batch import build_batch
 from rlcore.learner import token_logprobs
@@ -152,11 +152,12 @@ def _reference_step(model, batch, loss: str, hparams: dict):
         value = aggregate(-logp, mask, "token-mean", token_normalizer=tokens)
     else:
         t = {k: torch.from_numpy(batch[k]) for k in ("old_logp", "advantages", "ref_logp")}
-        value = get_policy_loss(loss)(PolicyLossInput(
+        assert loss == "policy"  # the learner's default algorithm, grpo: PPO clip
+        value = clipped_policy_loss(PolicyLossInput(
             logp=logp, old_logp=t["old_logp"], advantages=t["advantages"], mask=mask, ref_logp=t["ref_logp"],
             clip_low=hparams["clip_low"], clip_high=hparams["clip_high"], dual_clip_c=hparams.get("dual_clip_c"),
             kl_coef=hparams.get("kl_coef", 0.0), agg_mode=hparams.get("loss_agg", "token-mean"),
-            token_normalizer=tokens, seq_normalizer=seqs, max_tokens=hparams.get("max_tokens"), options=hparams,
+            token_normalizer=tokens, seq_normalizer=seqs, max_tokens=hparams.get("max_tokens"),
         )).loss
     value.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
@@ -203,17 +204,17 @@ LAYOUTS = {  # today's rows-per-pass path, and token budgets that give one row /
 def test_policy_loss_and_grads_match_plain_path(learner, plain_model, agg, layout):
     batch = _policy_batch(plain_model, _batch(seed=11), temperature=0.7, seed=5, zero_rows=(2, 6))
     hp = {**HP, "loss_agg": agg, "temperature": 0.7, "dual_clip_c": 3.0}
-    ref = _reference_step(plain_model, batch, "clipped", hp)
+    ref = _reference_step(plain_model, batch, "policy", hp)
     for skip in (False, True):
-        metrics = _train(learner, batch, "clipped", {**hp, "skip_zero_advantage": skip}, **LAYOUTS[layout])
+        metrics = _train(learner, batch, "policy", {**hp, "skip_zero_advantage": skip}, **LAYOUTS[layout])
         _assert_same(learner, metrics, *ref)
 
 
 def test_kl_loss_and_sft_match_plain_path(learner, plain_model):
     batch = _policy_batch(plain_model, _batch(seed=12), temperature=1.3, seed=6, zero_rows=(0,))
     hp = {**HP, "kl_coef": 0.1, "temperature": 1.3, "loss_agg": "seq-mean-token-mean"}
-    ref = _reference_step(plain_model, batch, "clipped", hp)
-    _assert_same(learner, _train(learner, batch, "clipped", hp, micro_batch_tokens=50), *ref)
+    ref = _reference_step(plain_model, batch, "policy", hp)
+    _assert_same(learner, _train(learner, batch, "policy", hp, micro_batch_tokens=50), *ref)
     ref = _reference_step(plain_model, batch, "sft", {})
     _assert_same(learner, _train(learner, batch, "sft", {"skip_zero_advantage": True}, micro_batch_tokens=50), *ref)
 
@@ -223,13 +224,13 @@ def test_skipping_runs_fewer_rows_and_all_zero_batch_still_steps(learner, plain_
     seen = []
     original = learner._to_tensors
     monkeypatch.setattr(learner, "_to_tensors", lambda b, idx: seen.append(len(idx)) or original(b, idx))
-    metrics = _train(learner, batch, "clipped", {**HP, "skip_zero_advantage": True}, micro_batch_tokens=40)
+    metrics = _train(learner, batch, "policy", {**HP, "skip_zero_advantage": True}, micro_batch_tokens=40)
     assert seen == [] and metrics["train/loss"] == 0.0  # one zero-weight filler pass only
     grads = _learner_grads(learner)
     assert all(float(g.abs().max()) == 0.0 for g in grads.values())  # zero, not None: AdamW steps as usual
     batch["advantages"][4] = batch["loss_mask"][4]
     seen.clear()
-    _train(learner, batch, "clipped", {**HP, "skip_zero_advantage": True}, micro_batch_tokens=40)
+    _train(learner, batch, "policy", {**HP, "skip_zero_advantage": True}, micro_batch_tokens=40)
     assert seen == [1]
 
 
@@ -282,7 +283,7 @@ def test_update_builder_marks_zero_advantage_skipping_by_spec_and_kl():
 
     def builder(**algo):
         cfg = config_from_dict({"model": {"path": "x"}, "algorithm": algo})
-        return UpdateBuilder(cfg, get_algorithm(cfg.algorithm.name)(cfg.algorithm), pad_id=0)
+        return UpdateBuilder(cfg, get_algorithm(cfg.algorithm.name), pad_id=0)
 
     assert builder(name="grpo").hparams()["skip_zero_advantage"] is True
     assert builder(name="drgrpo").hparams()["skip_zero_advantage"] is True
@@ -312,7 +313,7 @@ def test_update_builder_counts_skipped_rows_and_asks_for_trained_positions_only(
 
     c = cfg(name="grpo", kl_coef=0.1)
     learners = ShardedFake()
-    spec = get_algorithm("grpo")(c.algorithm)
+    spec = get_algorithm("grpo")
     batch, _ = UpdateBuilder(c, spec, pad_id=0).build(groups([[1, 0, 0], [1, 1, 0]]), learners)
     assert [call for call in learners.calls if call[0] == "compute_logprobs"] == [
         ("compute_logprobs", (1.0, True, "loss"))]
@@ -338,8 +339,8 @@ def test_async_tis_from_the_training_forward_matches_weighting_the_advantages(le
     assert 0 < expected["async/is_clipped_frac"] < 1  # some weights capped, some not
     weighted = dict(batch, old_logp=(lp * mask).numpy(), advantages=batch["advantages"] * weights.numpy())
     hp = {**HP, "temperature": 0.7, "tis_cap": cap, "skip_zero_advantage": False}
-    ref = _reference_step(plain_model, weighted, "clipped", hp)
-    metrics = _train(learner, batch, "clipped", hp, **LAYOUTS[layout])
+    ref = _reference_step(plain_model, weighted, "policy", hp)
+    metrics = _train(learner, batch, "policy", hp, **LAYOUTS[layout])
     _assert_same(learner, metrics, *ref)
     for key in ("async/is_weight_mean", "async/is_clipped_frac", "async/is_weight_max", "async/is_weight_min"):
         assert metrics[key] == pytest.approx(expected[key], rel=1e-4), key
@@ -355,7 +356,7 @@ def test_update_builder_leaves_tis_to_the_learner_only_for_single_pass_updates()
         c = config_from_dict({"model": {"path": "x"}, "learner": {"num_ranks": 2, **learner},
                               "rollout": {"prompts_per_step": 2, "n_samples": 3, "max_staleness": 1, "tis_cap": 2.0},
                               "algorithm": {"name": "grpo"}})
-        builder = UpdateBuilder(c, get_algorithm("grpo")(c.algorithm), pad_id=0)
+        builder = UpdateBuilder(c, get_algorithm("grpo"), pad_id=0)
         learners = FakeLearners()
         batch, metrics = builder.build(groups([[1, 0, 0], [1, 1, 0]]), learners)
         return builder.hparams(), batch, metrics, learners.calls

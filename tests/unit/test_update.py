@@ -47,7 +47,7 @@ def groups(scores):
 
 
 def build(c, scores, critic=None):
-    spec = get_algorithm(c.algorithm.name)(c.algorithm)
+    spec = get_algorithm(c.algorithm.name)
     learners = FakeLearners()
     batch, metrics = UpdateBuilder(c, spec, pad_id=0).build(groups(scores), learners, critic)
     return batch, metrics, learners
@@ -92,12 +92,12 @@ def test_kl_as_reward_penalty_lowers_scores_and_turns_off_the_kl_loss():
     # k1 = logp - ref = 0.5 per token; the penalty per sequence is 0.1 * 0.5 * length.
     lengths = np.array([1, 2, 3, 1, 2, 3])
     assert metrics["reward/kl_penalty_mean"] == pytest.approx(float(np.mean(0.05 * lengths)))
-    spec = get_algorithm("grpo")(c.algorithm)
+    spec = get_algorithm("grpo")
     assert UpdateBuilder(c, spec, 0).hparams()["kl_coef"] == 0.0
 
 
 def test_ppo_uses_critic_values_for_gae_and_keeps_returns_for_the_critic():
-    c = cfg(name="ppo", whiten_advantages=False)
+    c = cfg(name="ppo", options={"whiten_advantages": False})
     critic = FakeLearners()
     batch, _, learners = build(c, [[1, 0, 0], [1, 1, 0]], critic=critic)
     assert ("values", 6) in critic.calls
