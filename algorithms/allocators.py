@@ -12,58 +12,76 @@ Pure Python + numpy: no torch, ray or vllm imports.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
 
 import numpy as np
+
+from rlcore.plugins import OptionError, PluginError, is_import_path, load_object
 
 
 T = TypeVar("T")
 _STATE_VERSION = 1
 
 
-@dataclass
-class AllocationConfig:
-    """Allocator settings; any object with these attributes (or a mapping) works."""
+@dataclass(frozen=True)
+class NoAllocatorOptions:
+    """For allocators without settings of their own."""
 
-    name: str = "uniform"
-    n_samples: int = 8  # uniform per-prompt count; budget N = prompts * n_samples
-    min_samples: int = 2  # per prompt (gvm / difficulty)
-    max_samples: int = 32  # per prompt (gvm / difficulty)
-    presample_n: int = 4  # pre-sampling pass size for prompts without stats
-    reuse_presamples: bool = True  # pre-sampled generations may join the batch
-    gvm_alpha: float = 1e-3
-    gvm_beta: float = 2.0
-    stats_decay: float = 0.5  # EMA weight of the newest visit
-    filter_tol: float = 1e-6  # dapo: a group varies if max - min > tol
-    max_rounds: int = 4  # dapo over-generation rounds
-    difficulty_floor: float = 0.05
+
+@dataclass(frozen=True)
+class DapoFilterOptions:
+    filter_tol: float = 1e-6  # a group varies if max - min reward > tol
+    max_rounds: int = 4  # generation rounds to fill the batch with varied groups
 
     def __post_init__(self) -> None:
-        checks = [
-            (self.n_samples >= 1, "n_samples must be >= 1"),
-            (0 <= self.min_samples <= self.max_samples, "need 0 <= min_samples <= max_samples"),
-            (self.max_samples >= 1, "max_samples must be >= 1"),
-            (self.presample_n >= 1, "presample_n must be >= 1"),
-            (0.0 < self.stats_decay <= 1.0, "stats_decay must be in (0, 1]"),
-            (self.filter_tol >= 0.0, "filter_tol must be >= 0"),
-            (self.max_rounds >= 1, "max_rounds must be >= 1"),
-            (self.gvm_alpha >= 0.0 and math.isfinite(self.gvm_beta), "gvm_alpha >= 0, finite gvm_beta"),
-            (self.difficulty_floor >= 0.0, "difficulty_floor must be >= 0"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(f"AllocationConfig: {msg} (got {self})")
+        _require(self.filter_tol >= 0.0, "filter_tol", f"must be >= 0, got {self.filter_tol}")
+        _require(self.max_rounds >= 1, "max_rounds", f"must be >= 1, got {self.max_rounds}")
 
-    @classmethod
-    def from_any(cls, cfg: Any = None) -> "AllocationConfig":
-        """Build from ``None``, an AllocationConfig, a mapping or any attribute bag."""
-        if cfg is None or isinstance(cfg, cls):
-            return cfg if cfg is not None else cls()
-        if isinstance(cfg, Mapping):
-            return cls(**{f.name: cfg.get(f.name, f.default) for f in fields(cls)})
-        return cls(**{f.name: getattr(cfg, f.name, f.default) for f in fields(cls)})
+
+@dataclass(frozen=True)
+class WeightedOptions:
+    """Allocators that weigh prompts by their statistics, gathered by pre-sampling."""
+
+    min_samples: int = 4  # per prompt; with reuse_presamples at least presample_n
+    max_samples: int = 32
+    presample_n: int = 4  # pre-sampling pass for prompts without statistics
+    reuse_presamples: bool = True  # pre-samples join their prompt's group and count in the budget
+    stats_decay: float = 0.5  # weight of the newest visit in a prompt's running statistics
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.min_samples <= self.max_samples, "min_samples",
+                 f"need 0 <= min_samples <= max_samples, got {self.min_samples}, {self.max_samples}")
+        _require(self.presample_n >= 1, "presample_n", f"must be >= 1, got {self.presample_n}")
+        _require(not self.reuse_presamples or self.min_samples >= self.presample_n, "min_samples",
+                 f"must be >= presample_n ({self.presample_n}) when reuse_presamples is true: "
+                 "pre-sampled prompts already hold that many samples")
+        _require(0.0 < self.stats_decay <= 1.0, "stats_decay", f"must be in (0, 1], got {self.stats_decay}")
+
+
+@dataclass(frozen=True)
+class GvmOptions(WeightedOptions):
+    alpha: float = 1e-3
+    beta: float = 2.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.alpha >= 0.0, "alpha", f"must be >= 0, got {self.alpha}")
+        _require(math.isfinite(self.beta), "beta", f"must be finite, got {self.beta}")
+
+
+@dataclass(frozen=True)
+class DifficultyOptions(WeightedOptions):
+    floor: float = 0.05  # weight (1 - p) + floor keeps solved prompts sampled
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.floor >= 0.0, "floor", f"must be >= 0, got {self.floor}")
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise OptionError(key, message)
 
 
 @dataclass
@@ -171,11 +189,11 @@ def round_allocation(weights: Sequence[float], total: int, min_n: int, max_n: in
 
 # --------------------------------------------------------------------------- registry
 
-_ALLOCATORS: Dict[str, Any] = {}
+_ALLOCATORS: Dict[str, type] = {}
 
 
 def register_allocator(name: str) -> Callable[[T], T]:
-    """Register a :class:`SampleAllocator` subclass (``cls(cfg)``) under ``name``."""
+    """Register a :class:`SampleAllocator` subclass (``cls(options, n_samples)``) under ``name``."""
 
     def deco(cls: T) -> T:
         old = _ALLOCATORS.get(name)
@@ -188,21 +206,23 @@ def register_allocator(name: str) -> Callable[[T], T]:
     return deco
 
 
-def get_allocator(name: str) -> Callable[..., "SampleAllocator"]:
+def get_allocator(name: str) -> type:
+    """A registered name, or ``module:ATTR`` / ``path/to/file.py:ATTR`` naming a SampleAllocator
+    subclass."""
+    if is_import_path(name):
+        found = load_object(name, "allocator")
+        if not (isinstance(found, type) and issubclass(found, SampleAllocator)):
+            raise PluginError(f"allocator spec {name!r} names {found!r}, not a SampleAllocator subclass")
+        return found
     try:
         return _ALLOCATORS[name]
     except KeyError:
-        raise KeyError(f"unknown allocator {name!r}; available: {', '.join(list_allocators())}") from None
+        raise KeyError(f"unknown allocator {name!r}; available: {', '.join(list_allocators())} "
+                       "(or name one by import path, 'module:ATTR' or 'path/to/file.py:ATTR')") from None
 
 
 def list_allocators() -> List[str]:
     return sorted(_ALLOCATORS)
-
-
-def build_allocator(cfg: Any = None) -> "SampleAllocator":
-    """Instantiate the allocator named by ``cfg.name`` (default ``"uniform"``)."""
-    c = AllocationConfig.from_any(cfg)
-    return get_allocator(c.name)(c)
 
 
 # --------------------------------------------------------------------------- allocators
@@ -214,17 +234,31 @@ _COUNTERS = ("generated", "kept", "wasted", "step_generated", "step_kept", "step
 class SampleAllocator:
     """Base: uniform split, per-prompt EMA stats, counters and checkpoint state.
 
-    Trainer protocol per step: ``start_step()``; ``needs_presample(keys)``;
+    Sampler protocol per step (rlcore/sampling.py): ``start_step()``; ``needs_presample(keys)``;
     ``allocate(keys, budget)``; generate; ``keep_group(rewards)`` per group;
     ``observe(...)`` per prompt; ``record_round(...)`` per generation round
     (up to ``max_rounds``); ``metrics()``.
+
+    A subclass declares its settings as ``Options`` (a dataclass: ``allocation.options`` in the
+    YAML, checked at load) and may check them against the per-prompt budget in
+    :meth:`check_budget`.
     """
 
     name = "base"
+    Options: type = NoAllocatorOptions
     needs_grad_norm = False
+    presample_n = 0  # pre-samples per prompt without statistics (0: no pre-sampling pass)
+    reuse_presamples = False
+    stats_decay = 0.5  # weight of the newest visit in a prompt's running statistics
 
-    def __init__(self, cfg: Any = None) -> None:
-        self.cfg = AllocationConfig.from_any(cfg)
+    def __init__(self, options: Any = None, n_samples: int = 8) -> None:
+        self.options = self.Options() if options is None else options
+        if not isinstance(self.options, self.Options):
+            raise TypeError(f"{self.name}: options must be {self.Options.__name__}, got {type(self.options).__name__}")
+        if n_samples < 1:
+            raise ValueError(f"{self.name}: n_samples must be >= 1, got {n_samples}")
+        self.n_samples = n_samples
+        self.check_budget(self.options, n_samples)
         self.stats: Dict[str, PromptStats] = {}
         self.counters: Dict[str, int] = {k: 0 for k in _COUNTERS}
         self.last_allocation: List[int] = []
@@ -238,7 +272,7 @@ class SampleAllocator:
 
     def allocate(self, keys: Sequence[str], budget: Optional[int] = None) -> List[int]:
         """Per-prompt counts summing exactly to ``budget`` (default ``len(keys) * n_samples``)."""
-        budget = len(keys) * self.cfg.n_samples if budget is None else int(budget)
+        budget = len(keys) * self.n_samples if budget is None else int(budget)
         if budget < 0 or (not keys and budget != 0):
             raise ValueError(f"{self.name}: cannot allocate budget={budget} over {len(keys)} prompts")
         counts = self._allocate(list(keys), budget) if keys else []
@@ -248,6 +282,10 @@ class SampleAllocator:
 
     def _allocate(self, keys: List[str], budget: int) -> List[int]:
         return _even_split(len(keys), budget)
+
+    @classmethod
+    def check_budget(cls, options: Any, n_samples: int) -> None:
+        """Raise OptionError when `options` cannot serve `n_samples` per prompt on average."""
 
     def observe(self, key: str, num_samples: int, num_accepted: int, grad_norm: Optional[float] = None) -> None:
         """Fold one visit into ``stats[key]``: first visit sets, later visits EMA with ``stats_decay``."""
@@ -263,7 +301,7 @@ class SampleAllocator:
         if old is None:
             self.stats[key] = PromptStats(1, rate, g)
             return
-        d = self.cfg.stats_decay
+        d = self.stats_decay
         old.visits += 1
         old.accept_rate = (1 - d) * old.accept_rate + d * rate
         if g is not None:
@@ -347,13 +385,15 @@ class DapoFilterAllocator(SampleAllocator):
     variation. NaN rewards never count as varied.
     """
 
+    Options = DapoFilterOptions
+
     @property
     def max_rounds(self) -> int:
-        return self.cfg.max_rounds
+        return self.options.max_rounds
 
     def _keep(self, rewards: Sequence[float]) -> bool:
         r = np.asarray(rewards, dtype=np.float64)
-        return bool(r.size > 0 and (r.max() - r.min()) > self.cfg.filter_tol)
+        return bool(r.size > 0 and (r.max() - r.min()) > self.options.filter_tol)
 
 
 class _WeightedAllocator(SampleAllocator):
@@ -363,6 +403,26 @@ class _WeightedAllocator(SampleAllocator):
     (an uninformed guess that neither starves nor floods it); if no prompt has
     stats the split is even (within the bounds).
     """
+
+    Options = WeightedOptions
+
+    @property
+    def presample_n(self) -> int:  # type: ignore[override]
+        return self.options.presample_n
+
+    @property
+    def reuse_presamples(self) -> bool:  # type: ignore[override]
+        return self.options.reuse_presamples
+
+    @property
+    def stats_decay(self) -> float:  # type: ignore[override]
+        return self.options.stats_decay
+
+    @classmethod
+    def check_budget(cls, options: WeightedOptions, n_samples: int) -> None:
+        if not options.min_samples <= n_samples <= options.max_samples:
+            raise OptionError("max_samples", f"the per-prompt budget rollout.n_samples={n_samples} must lie within "
+                              f"[min_samples, max_samples] = [{options.min_samples}, {options.max_samples}]")
 
     def _weight(self, s: PromptStats) -> Optional[float]:
         raise NotImplementedError
@@ -378,7 +438,7 @@ class _WeightedAllocator(SampleAllocator):
         known = [v for v in w if v is not None]
         fill = float(np.mean(known)) if known else 1.0
         weights = [fill if v is None else v for v in w]
-        return round_allocation(weights, budget, self.cfg.min_samples, self.cfg.max_samples)
+        return round_allocation(weights, budget, self.options.min_samples, self.options.max_samples)
 
 
 @register_allocator("gvm")
@@ -390,6 +450,7 @@ class GvmAllocator(_WeightedAllocator):
     need a pre-sampling pass of ``presample_n`` samples.
     """
 
+    Options = GvmOptions
     needs_grad_norm = True
 
     def _known(self, key: str) -> bool:
@@ -397,7 +458,7 @@ class GvmAllocator(_WeightedAllocator):
         return s is not None and s.grad_norm is not None
 
     def _weight(self, s: PromptStats) -> Optional[float]:
-        return float(gvm_scores([s.accept_rate], [s.grad_norm], self.cfg.gvm_alpha, self.cfg.gvm_beta)[0])
+        return float(gvm_scores([s.accept_rate], [s.grad_norm], self.options.alpha, self.options.beta)[0])
 
 
 @register_allocator("difficulty")
@@ -405,8 +466,10 @@ class DifficultyAllocator(_WeightedAllocator):
     """DART-Math prop-to-difficulty (Tong et al. 2024, arXiv:2407.13690).
 
     Harder prompts (low acceptance) get more samples, weight
-    ``(1 - p_i) + difficulty_floor``; the floor keeps solved prompts sampled.
+    ``(1 - p_i) + floor``; the floor keeps solved prompts sampled.
     """
 
+    Options = DifficultyOptions
+
     def _weight(self, s: PromptStats) -> Optional[float]:
-        return (1.0 - s.accept_rate) + self.cfg.difficulty_floor
+        return (1.0 - s.accept_rate) + self.options.floor

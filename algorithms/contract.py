@@ -24,15 +24,9 @@ from typing import Any, Callable, Dict, Optional
 
 from torch import Tensor
 
+from rlcore.plugins import OptionError
+
 from .policy_loss import PolicyLossInput, PolicyLossOutput
-
-
-class OptionError(ValueError):
-    """Raised by an options dataclass's ``__post_init__``: `key` is the offending field."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(f"{key}: {message}")
-        self.key, self.message = key, message
 
 
 @dataclass(frozen=True)

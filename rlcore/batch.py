@@ -15,7 +15,6 @@ def build_batch(
     *,
     response_masks: list[list[int]] | None = None,
     rollout_logprobs: list[list[float]] | None = None,
-    advantages: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     rows = len(prompt_ids)
     width = max(len(p) + len(r) for p, r in zip(prompt_ids, response_ids))
@@ -34,8 +33,6 @@ def build_batch(
     batch = {"input_ids": input_ids, "attention_mask": attention, "loss_mask": loss_mask}
     if rollout_logprobs is not None:
         batch["rollout_logp"] = logp
-    if advantages is not None:
-        batch["advantages"] = (np.asarray(advantages, dtype=np.float32)[:, None] * loss_mask).astype(np.float32)
     return batch
 
 

@@ -158,19 +158,12 @@ class AlgorithmConfig:
 
 @dataclass
 class AllocationConfig:
-    """How many samples each prompt gets (algorithms/allocators.py); budget = prompts x rollout.n_samples."""
+    """How many samples each prompt gets (algorithms/allocators.py): a registered allocator or
+    `module:ATTR` / `path/to/file.py:ATTR`, and its own typed `options` (checked at load). The
+    budget is prompts x rollout.n_samples."""
 
-    name: str = "uniform"  # uniform | dapo_filter | gvm | difficulty
-    min_samples: int = 4  # gvm/difficulty; with reuse_presamples at least presample_n
-    max_samples: int = 32
-    presample_n: int = 4  # gvm/difficulty: pre-sampling pass for prompts without statistics
-    reuse_presamples: bool = True  # pre-samples join their prompt's group and count in the budget
-    gvm_alpha: float = 1e-3
-    gvm_beta: float = 2.0
-    stats_decay: float = 0.5  # weight of the newest visit in a prompt's running statistics
-    filter_tol: float = 1e-6  # dapo_filter: a group varies if max - min reward > tol
-    max_rounds: int = 4  # dapo_filter: generation rounds to fill the batch with varied groups
-    difficulty_floor: float = 0.05
+    name: str = "uniform"  # uniform | dapo_filter | gvm | difficulty | an import path
+    options: Any = None  # after load: the allocator's Options object
 
 
 @dataclass
@@ -181,13 +174,16 @@ class ToolsConfig:
     max_tool_calls: int = 2
     timeout_s: float = 5.0
     max_output_chars: int = 512
+    code_stop: list[str] = field(default_factory=lambda: ["\n```\n"])  # generation pauses here to run code
     output_template: str = "```output\n{output}\n```\n"
     no_more_code_message: str = "(No more code execution is available; give the final answer.)\n"
     prompt_hint: str = ""  # CoRT: inserted at the start of the response (masked)
     answer_hint: str = ""  # START: inserted before the final answer when no code ran yet (masked)
+    answer_marker: str = "\\boxed"  # where answer_hint goes
     max_total_new_tokens: int = 0  # over all rounds, inserted tokens included; 0 = rollout.max_new_tokens
+    max_rounds: int = 0  # generation rounds; 0 = max_tool_calls + 4 (non-python fences and hints need some)
     all_failed_penalty: float = 0.0  # added to the reward when every code call failed (CoRT: -0.1)
-    sandbox_workers: int = 4  # warm sandboxed interpreters
+    sandbox_workers: int = 4  # warm sandboxed interpreters: calls of a round run this many at once
     sandbox_memory_mb: int = 512
 
 

@@ -66,32 +66,13 @@ def check(cfg: ExperimentConfig, source: str, lines: dict[str, int] | None = Non
     if cfg.resume and cfg.resume != "latest" and not cfg.resume.startswith("step_"):
         fail("resume", f"expected '', 'latest' or 'step_N', got {cfg.resume!r}")
     _resolve_algorithm(cfg, source, lines or {}, fail)
+    _resolve_allocator(cfg, source, lines or {}, fail)
     _validate_rl_sections(cfg, fail)
     _validate_reward(cfg, fail)
 
 
 def _validate_rl_sections(cfg: ExperimentConfig, fail) -> None:
-    from algorithms.allocators import list_allocators
-
-    ac, algo = cfg.allocation, cfg.algorithm
-    if ac.name not in list_allocators():
-        fail("allocation.name", f"unknown allocator {ac.name!r}; available: {', '.join(list_allocators())}")
-    if not 0 <= ac.min_samples <= ac.max_samples:
-        fail("allocation.min_samples", f"need 0 <= min_samples <= max_samples, got {ac.min_samples}, {ac.max_samples}")
-    if ac.name in ("gvm", "difficulty"):
-        n = cfg.rollout.n_samples
-        if not ac.min_samples <= n <= ac.max_samples:
-            fail("allocation.max_samples", f"the per-prompt budget rollout.n_samples={n} must lie within "
-                 f"[min_samples, max_samples] = [{ac.min_samples}, {ac.max_samples}]")
-        if ac.presample_n < 1:
-            fail("allocation.presample_n", "must be >= 1 for gvm/difficulty")
-        if ac.reuse_presamples and ac.min_samples < ac.presample_n:
-            fail("allocation.min_samples", f"must be >= presample_n ({ac.presample_n}) when reuse_presamples "
-                 "is true: pre-sampled prompts already hold that many samples")
-    if ac.max_rounds < 1:
-        fail("allocation.max_rounds", "must be >= 1")
-    if not 0 < ac.stats_decay <= 1:
-        fail("allocation.stats_decay", "must be in (0, 1]")
+    algo = cfg.algorithm
     if cfg.trainer.max_samples < 0:
         fail("trainer.max_samples", "must be >= 0")
     if cfg.trainer.max_actor_restarts < 0:
@@ -114,13 +95,8 @@ def _validate_rl_sections(cfg: ExperimentConfig, fail) -> None:
 
 
 def _resolve_algorithm(cfg: ExperimentConfig, source: str, lines: dict[str, int], fail) -> None:
-    """Find the algorithm (name or import path) and turn `algorithm.options` into its typed
-    options object: unknown keys, wrong types and the ranges it rejects fail here, with the key
-    under `algorithm.options.` and its line."""
-    import dataclasses
-
-    from algorithms import OptionError, get_algorithm
-    from rlcore.config import _build
+    """Find the algorithm (name or import path) and make `algorithm.options` its typed options."""
+    from algorithms import get_algorithm
     from rlcore.plugins import PluginError
 
     cfg.algorithm.name = _anchor_plugin_path(cfg.algorithm.name, source, lines.get("algorithm.name", 0))
@@ -128,20 +104,47 @@ def _resolve_algorithm(cfg: ExperimentConfig, source: str, lines: dict[str, int]
         algorithm = get_algorithm(cfg.algorithm.name)
     except (KeyError, PluginError) as e:
         fail("algorithm.name", str(e).strip("'\""))
-    raw = cfg.algorithm.options
-    if isinstance(raw, algorithm.options):
-        return  # already typed (an ExperimentConfig built in code)
+    cfg.algorithm.options = _typed_options("algorithm", algorithm.options, cfg.algorithm.options, source, lines, fail)
+
+
+def _resolve_allocator(cfg: ExperimentConfig, source: str, lines: dict[str, int], fail) -> None:
+    """The same for `allocation`, plus the allocator's check against rollout.n_samples."""
+    from algorithms.allocators import get_allocator
+    from rlcore.plugins import OptionError, PluginError
+
+    cfg.allocation.name = _anchor_plugin_path(cfg.allocation.name, source, lines.get("allocation.name", 0))
+    try:
+        allocator = get_allocator(cfg.allocation.name)
+    except (KeyError, PluginError) as e:
+        fail("allocation.name", str(e).strip("'\""))
+    cfg.allocation.options = _typed_options("allocation", allocator.Options, cfg.allocation.options, source, lines, fail)
+    try:
+        allocator.check_budget(cfg.allocation.options, cfg.rollout.n_samples)
+    except OptionError as e:
+        fail(f"allocation.options.{e.key}", e.message)
+
+
+def _typed_options(section: str, options_cls: type, raw, source: str, lines: dict[str, int], fail):
+    """`section.options` built into the plug-in's options dataclass: unknown keys, wrong types
+    and the OptionErrors of its `__post_init__` fail with the key under `section.options.` and
+    its line."""
+    import dataclasses
+
+    from rlcore.config import _build
+    from rlcore.plugins import OptionError
+
+    if isinstance(raw, options_cls):
+        return raw  # already typed (an ExperimentConfig built in code)
     if dataclasses.is_dataclass(raw):
         raw = dataclasses.asdict(raw)
     try:
-        cfg.algorithm.options = _build(algorithm.options, raw if raw is not None else {}, "algorithm.options.",
-                                       source, lines)
+        return _build(options_cls, raw if raw is not None else {}, f"{section}.options.", source, lines)
     except ConfigError:
         raise
     except OptionError as e:
-        fail(f"algorithm.options.{e.key}", e.message)
+        fail(f"{section}.options.{e.key}", e.message)
     except (TypeError, ValueError) as e:  # an options class that checks without OptionError
-        fail("algorithm.options", f"{type(e).__name__}: {e}")
+        fail(f"{section}.options", f"{type(e).__name__}: {e}")
 
 
 def _anchor_plugin_path(spec: str, source: str, line: int) -> str:
@@ -186,7 +189,7 @@ def _validate_async(cfg: ExperimentConfig, fail) -> None:
         fail("rollout.tis_cap", f"must be > 0, got {rc.tis_cap}")
     if rc.max_staleness == 0:
         return
-    if getattr(get_allocator(cfg.allocation.name), "needs_grad_norm", False):
+    if get_allocator(cfg.allocation.name).needs_grad_norm:
         fail("rollout.max_staleness", f"allocation.name {cfg.allocation.name!r} computes gradient norms on the "
              "learners while sampling, which would interleave with training; use max_staleness: 0")
     if not get_algorithm(cfg.algorithm.name).advantage_weighting_exact:

@@ -57,12 +57,8 @@ def answer_key(answer) -> str | None:
 
 def _clean(text: str) -> str:
     """The math verifier's value-neutral cleaning (units, $, \\text, thousands separators...)."""
-    try:
-        from rewards.math.normalize import clean
-    except ImportError:  # pragma: no cover - older reward package
-        from rewards.math_answer import normalize_answer
+    from rewards.math.normalize import clean
 
-        return normalize_answer(text)
     try:
         return clean(text).text
     except Exception:  # noqa: BLE001 - a vote key must never fail on odd model output

@@ -26,6 +26,15 @@ class PluginError(ValueError):
     """A plug-in path that cannot be resolved: the message names the spec and the reason."""
 
 
+class OptionError(ValueError):
+    """Raised by a plug-in's options dataclass (``__post_init__``): `key` is the offending field;
+    the config loader reports it as ``section.options.<key>`` with its file and line."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key, self.message = key, message
+
+
 def is_import_path(spec: str) -> bool:
     """``module:attr`` or ``file.py:attr`` (a registered name has no colon)."""
     return ":" in spec

@@ -50,22 +50,21 @@ def prompt_key(record: dict) -> str:
 
 
 class GroupSampler:
-    def __init__(self, allocator, source, renderer, prompts_per_step: int, n_samples: int,
-                 presample_n: int = 0, reuse_presamples: bool = True):
+    def __init__(self, allocator, source, renderer, prompts_per_step: int, n_samples: int):
         self.allocator = allocator
         self.source = source
         self.renderer = renderer
         self.prompts_per_step = prompts_per_step
         self.n_samples = n_samples
-        self.presample_n = presample_n
-        self.reuse_presamples = reuse_presamples
+        # The allocator's own settings: how many pre-samples a prompt without statistics gets.
+        self.presample_n = allocator.presample_n
+        self.reuse_presamples = allocator.reuse_presamples
 
     def sample(self, seed: SeedFn, generate: GenerateFn, score: ScoreFn,
                grad_norms: GradNormFn | None = None) -> tuple[list[Group], dict]:
         """Groups to train on (at most prompts_per_step) and sampling metrics."""
         target = self.prompts_per_step
-        if hasattr(self.allocator, "start_step"):
-            self.allocator.start_step()
+        self.allocator.start_step()
         kept: list[Group] = []
         generated = dropped_samples = rounds = 0
         sampled_counts: list[int] = []

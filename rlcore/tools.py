@@ -4,10 +4,10 @@ Kept apart from the trainer so a run without tools never imports or starts a san
 """
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import replace
 
 from rlcore.config import ToolsConfig
-from rollout.tool_rollout import ToolConfig, ToolRollout, all_calls_failed_penalty
+from rollout.tool_rollout import ToolRollout, all_calls_failed_penalty
 
 
 class ToolRunner:
@@ -21,10 +21,7 @@ class ToolRunner:
         if probe.status != "ok" or probe.stdout.strip() != "42":
             self.sandbox.close()
             raise RuntimeError(f"the code sandbox does not work here: {probe}")
-        # The run config mirrors ToolConfig's user-facing fields; copy whichever it has.
-        shared = {f.name: getattr(cfg, f.name) for f in fields(ToolConfig) if hasattr(cfg, f.name)}
-        tool_cfg = ToolConfig(**{**shared, "enabled": True, "parallel_calls": cfg.sandbox_workers})
-        self.rollout = ToolRollout(generate, tokenizer, self.sandbox.new_session, tool_cfg,
+        self.rollout = ToolRollout(generate, tokenizer, self.sandbox.new_session, cfg,
                                    eos_token_ids=[tokenizer.eos_token_id])
 
     def generate(self, requests, sampling):

@@ -9,9 +9,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import ray
@@ -38,11 +36,6 @@ from rlcore.tools import ToolRunner
 from rlcore.update import UpdateBuilder, uses_reference
 from rollout.tool_rollout import tool_metrics
 from rollout.engine import Request, SamplingConfig, request_seed
-
-
-def _AllocatorSettings(allocation, n_samples: int) -> SimpleNamespace:
-    """The allocation section plus the per-prompt budget from the rollout section."""
-    return SimpleNamespace(**asdict(allocation), n_samples=n_samples)
 
 
 def policy_lr(step: int, cfg: ExperimentConfig) -> float:
@@ -75,12 +68,9 @@ class Trainer:
         self.train_records, self.eval_records = load_datasets(cfg)
         self.eval_records = self.eval_records[: cfg.eval.num_prompts]
         self.source = PromptSource(self.train_records, cfg.rollout.prompts_per_step, seed=cfg.seed, drop_last=True)
-        ac = cfg.allocation
-        self.allocator = get_allocator(ac.name)(_AllocatorSettings(ac, cfg.rollout.n_samples))
-        self.sampler = GroupSampler(
-            self.allocator, self.source, self.renderer, cfg.rollout.prompts_per_step, cfg.rollout.n_samples,
-            presample_n=ac.presample_n, reuse_presamples=ac.reuse_presamples,
-        )
+        self.allocator = get_allocator(cfg.allocation.name)(cfg.allocation.options, cfg.rollout.n_samples)
+        self.sampler = GroupSampler(self.allocator, self.source, self.renderer, cfg.rollout.prompts_per_step,
+                                    cfg.rollout.n_samples)
         self.update = UpdateBuilder(cfg, self.algorithm, self.pad_id)
         self.critic = None
         self.tools = None

@@ -10,7 +10,7 @@ Rounds are batched: each round sends every still-active trajectory to ``generate
 (prompt = original prompt + everything so far) with a seed derived from the request's seed and
 the round number, so a resumed run samples exactly the same trajectories.
 
-Stop strategy. Code stops are ``ToolConfig.code_stop`` (default ``"\\n```\\n"``: a closing
+Stop strategy. Code stops are ``ToolsConfig.code_stop`` (default ``"\\n```\\n"``: a closing
 fence on its own line followed by a newline). The opening fence ``"```python\\n"`` never
 contains it (the fence is followed by "python", not a newline). The code is the last closed
 ``"```python"`` block (fences at line starts) in the text generated since the last insertion,
@@ -37,28 +37,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
+from rlcore.config import ToolsConfig
 from rollout.engine import Completion, Request, SamplingConfig
 from rollout.tool_format import cut_after_stop, cut_before, last_code_block, output_block, render_result
 
 GenerateFn = Callable[[list[Request], SamplingConfig], list[Completion]]
 _MASK64 = (1 << 64) - 1
-
-
-@dataclass
-class ToolConfig:
-    enabled: bool = False
-    max_tool_calls: int = 2
-    timeout_s: float = 5.0
-    max_output_chars: int = 512
-    code_stop: list[str] = field(default_factory=lambda: ["\n```\n"])
-    output_template: str = "```output\n{output}\n```\n"
-    no_more_code_message: str = "(No more code execution is available; give the final answer.)\n"
-    prompt_hint: str = ""
-    answer_hint: str = ""
-    answer_marker: str = "\\boxed"
-    max_total_new_tokens: int = 0  # 0: sampling.max_new_tokens
-    max_rounds: int = 0  # 0: max_tool_calls + 4 (stops on non-python fences and a hint need rounds)
-    parallel_calls: int = 8  # sandbox executions run at once within a round
 
 
 @dataclass
@@ -125,7 +109,7 @@ class ToolRollout:
     """
 
     def __init__(self, generate: GenerateFn, tokenizer, new_session: Callable[[], object],
-                 config: ToolConfig, eos_token_ids: list[int] | None = None):
+                 config: ToolsConfig, eos_token_ids: list[int] | None = None):
         self._generate = generate
         self.tokenizer = tokenizer
         self.new_session = new_session
@@ -280,7 +264,7 @@ class ToolRollout:
                 result = _Failure(f"{type(exc).__name__}: {exc}")
             return result, time.perf_counter() - start
 
-        workers = max(1, min(cfg.parallel_calls, len(pending)))
+        workers = max(1, min(cfg.sandbox_workers, len(pending)))
         if workers == 1:
             results = [run(item) for item in pending]
         else:

@@ -86,7 +86,7 @@ def worked_steps(problem: str) -> str:
     return " ".join(steps)
 
 
-TOOL_OUTPUT_TEMPLATE = "```output\n{output}\n```\n"  # as rollout.tool_rollout.ToolConfig inserts it
+TOOL_OUTPUT_TEMPLATE = "```output\n{output}\n```\n"  # as rlcore.config.ToolsConfig's default inserts it
 
 
 def tool_completion(problem: str, answer: str) -> str:

@@ -57,7 +57,7 @@ def run_with_gvm(make_config, algorithm: str, **overrides):
     """Two steps of `algorithm` under GVM allocation: 4 prompts x 6 samples, 2 pre-samples each."""
     cfg = make_config(
         name=f"{algorithm}_gvm", algorithm__name=algorithm, rollout__n_samples=6,
-        allocation={"name": "gvm", "presample_n": 2, "min_samples": 2, "max_samples": 12}, **overrides,
+        allocation={"name": "gvm", "options": {"presample_n": 2, "min_samples": 2, "max_samples": 12}}, **overrides,
     )
     Trainer(cfg, reward=parity_reward).run()
     steps = [r for r in rows(cfg.run_dir) if r["step"] > 0 and "samples/step_generated" in r]
@@ -92,7 +92,7 @@ def test_nft_with_gvm_allocation_trains_on_uneven_groups(ray_cluster, make_confi
 def test_nft_with_dapo_filter_and_kl_as_reward_penalty(ray_cluster, make_config):
     cfg = make_config(
         name="nft", algorithm={"name": "nft", "kl_coef": 0.01, "kl_mode": "reward"},
-        allocation={"name": "dapo_filter", "max_rounds": 3}, learner__num_ranks=1,
+        allocation={"name": "dapo_filter", "options": {"max_rounds": 3}}, learner__num_ranks=1,
     )
     Trainer(cfg, reward=parity_reward).run()
     steps = [r for r in rows(cfg.run_dir) if r["step"] > 0 and "samples/rounds" in r]

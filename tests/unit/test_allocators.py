@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from algorithms.allocators import (
-    AllocationConfig,
+    GvmOptions,
     PromptStats,
     SampleAllocator,
-    build_allocator,
+    WeightedOptions,
     get_allocator,
     gvm_scores,
     list_allocators,
@@ -22,8 +21,9 @@ from algorithms.allocators import (
 )
 
 
-def make(name: str, **kw) -> SampleAllocator:
-    return build_allocator(AllocationConfig(name=name, **kw))
+def make(name: str, n_samples: int = 8, **options) -> SampleAllocator:
+    cls = get_allocator(name)
+    return cls(cls.Options(**options), n_samples=n_samples)
 
 
 # ------------------------------------------------------------------ gvm_scores
@@ -114,20 +114,26 @@ def test_round_allocation_errors():
 # ------------------------------------------------------------------ registry / config
 
 
-def test_registry_and_config():
+def test_registry_and_typed_options():
+    from rlcore.plugins import OptionError
+
     assert {"uniform", "dapo_filter", "gvm", "difficulty"} <= set(list_allocators())
     with pytest.raises(KeyError, match="available: .*uniform"):
         get_allocator("nope")
-    # duck-typed config with only some fields -> defaults for the rest
-    a = build_allocator(SimpleNamespace(name="dapo_filter", max_rounds=7))
-    assert a.name == "dapo_filter" and a.max_rounds == 7 and a.cfg.n_samples == 8
-    assert build_allocator({"name": "gvm", "min_samples": 1}).cfg.min_samples == 1
-    assert build_allocator(None).name == "uniform"
-    assert get_allocator("gvm")(None).cfg == AllocationConfig()
-    with pytest.raises(ValueError, match="min_samples"):
-        AllocationConfig(min_samples=5, max_samples=4)
-    with pytest.raises(ValueError, match="stats_decay"):
-        AllocationConfig(stats_decay=0.0)
+    a = make("dapo_filter", max_rounds=7)
+    assert a.name == "dapo_filter" and a.max_rounds == 7 and a.n_samples == 8
+    assert get_allocator("gvm")().options == GvmOptions() and get_allocator("uniform")().presample_n == 0
+    assert make("gvm").presample_n == 4 and make("gvm", presample_n=2).reuse_presamples
+    with pytest.raises(OptionError, match="min_samples"):
+        WeightedOptions(min_samples=5, max_samples=4)
+    with pytest.raises(OptionError, match="stats_decay"):
+        GvmOptions(stats_decay=0.0)
+    with pytest.raises(OptionError, match="min_samples: must be >= presample_n"):
+        GvmOptions(min_samples=2)  # reuse_presamples: pre-sampled prompts already hold 4
+    with pytest.raises(OptionError, match="per-prompt budget rollout.n_samples=64"):
+        make("gvm", n_samples=64)
+    with pytest.raises(TypeError, match="GvmOptions"):
+        get_allocator("gvm")(WeightedOptions())
     with pytest.raises(ValueError, match="already registered"):
         register_allocator("uniform")(type("Other", (SampleAllocator,), {}))
 
@@ -182,7 +188,7 @@ def test_dapo_keep_group_tolerance_and_counters():
 
 
 def test_observe_ema():
-    a = make("uniform", stats_decay=0.5)
+    a = make("difficulty", stats_decay=0.5)
     a.observe("k", 8, 4, grad_norm=2.0)
     assert a.stats["k"] == PromptStats(1, 0.5, 2.0)
     a.observe("k", 8, 8, grad_norm=4.0)
@@ -192,7 +198,7 @@ def test_observe_ema():
     a.observe("n", 4, 1)
     a.observe("n", 4, 3, grad_norm=1.5)  # first grad norm is set, not averaged
     assert a.stats["n"] == PromptStats(2, 0.5, 1.5)
-    b = make("uniform", stats_decay=0.25)
+    b = make("difficulty", stats_decay=0.25)
     b.observe("k", 4, 0)
     b.observe("k", 4, 4)
     assert b.stats["k"].accept_rate == pytest.approx(0.25)
@@ -203,7 +209,7 @@ def test_observe_ema():
 
 
 def test_gvm_allocate_from_observed_stats():
-    a = make("gvm", min_samples=1, max_samples=32)  # alpha=1e-3, beta=2
+    a = make("gvm", min_samples=1, max_samples=32, reuse_presamples=False)  # alpha=1e-3, beta=2
     assert a.needs_grad_norm and a.max_rounds == 1
     keys = ["a", "b", "c"]
     assert a.needs_presample(keys) == [True, True, True]
@@ -224,8 +230,8 @@ def test_gvm_allocate_from_observed_stats():
     w = list(s) + [float(s.mean())]
     assert a.allocate(keys + ["e"], 40) == round_allocation(w, 40, 1, 32)
     assert sum(a.allocate(keys + ["e"], 40)) == 40
-    # bounds bind: defaults min 2, max 32
-    b = make("gvm", max_samples=12)
+    # bounds bind
+    b = make("gvm", min_samples=2, max_samples=12, reuse_presamples=False)
     b.observe("hot", 8, 4, grad_norm=100.0)
     b.observe("cold", 8, 0, grad_norm=5.0)  # p = 0 -> score 0 -> min_samples
     b.observe("mid", 8, 4, grad_norm=1.0)
@@ -233,7 +239,7 @@ def test_gvm_allocate_from_observed_stats():
 
 
 def test_difficulty_allocate():
-    a = make("difficulty", min_samples=1, max_samples=32)  # floor 0.05
+    a = make("difficulty", min_samples=1, max_samples=32, reuse_presamples=False)  # floor 0.05
     assert not a.needs_grad_norm
     for k, acc in (("hard", 0), ("mid", 4), ("easy", 8)):
         a.observe(k, 8, acc)
@@ -248,7 +254,8 @@ def test_difficulty_allocate():
 
 def test_state_dict_round_trip_gives_identical_allocations():
     for name in ("gvm", "difficulty", "dapo_filter", "uniform"):
-        a = make(name, stats_decay=0.3)
+        options = {"stats_decay": 0.3} if name in ("gvm", "difficulty") else {}
+        a = make(name, **options)
         rng = np.random.default_rng(1)
         keys = [f"p{i}" for i in range(7)]
         for _ in range(3):
@@ -260,7 +267,7 @@ def test_state_dict_round_trip_gives_identical_allocations():
             a.record_round(14, 7, 7)
         before = a.allocate(keys, 61)
         blob = json.dumps(a.state_dict())
-        b = make(name, stats_decay=0.3)
+        b = make(name, **options)
         b.load_state_dict(json.loads(blob))
         assert b.state_dict() == a.state_dict()
         assert b.stats == a.stats and b.counters == a.counters

@@ -13,13 +13,12 @@ from rlcore.batch import build_batch, shard_batch
 def test_loss_mask_marks_exactly_the_generated_tokens():
     batch = build_batch(
         [[1, 2, 3], [4, 5]], [[7, 8], [9, 10, 11]], pad_id=0,
-        rollout_logprobs=[[-0.1, -0.2], [-0.3, -0.4, -0.5]], advantages=np.array([1.5, -2.0]),
+        rollout_logprobs=[[-0.1, -0.2], [-0.3, -0.4, -0.5]],
     )
     assert batch["input_ids"].tolist() == [[1, 2, 3, 7, 8], [4, 5, 9, 10, 11]]
     # position t scores token t+1: row 0's generated tokens sit at 3, 4 -> positions 2, 3
     assert batch["loss_mask"].tolist() == [[0, 0, 1, 1], [0, 1, 1, 1]]
     assert batch["rollout_logp"][0].tolist() == pytest.approx([0, 0, -0.1, -0.2])
-    assert batch["advantages"][1].tolist() == pytest.approx([0, -2.0, -2.0, -2.0])
     assert batch["attention_mask"].tolist() == [[1] * 5, [1] * 5]
 
 

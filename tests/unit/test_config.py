@@ -102,9 +102,11 @@ def test_cli_reports_config_error_and_exits_2(tmp_path):
 
 @pytest.mark.parametrize("overrides, key", [
     (["allocation.name=gvmm"], "allocation.name: unknown allocator 'gvmm'"),
-    (["allocation.name=gvm", "allocation.min_samples=2"], "allocation.min_samples: must be >= presample_n"),
-    (["allocation.name=gvm", "allocation.max_samples=3"], "allocation.min_samples: need 0 <= min_samples"),
-    (["allocation.name=difficulty", "rollout.n_samples=64"], "allocation.max_samples: the per-prompt budget"),
+    (["allocation.name=gvm", "allocation.options.min_samples=2"], "allocation.options.min_samples: must be >= presample_n"),
+    (["allocation.name=gvm", "allocation.options.max_samples=3"], "allocation.options.min_samples: need 0 <= min_samples"),
+    (["allocation.name=difficulty", "rollout.n_samples=64"], "allocation.options.max_samples: the per-prompt budget"),
+    (["allocation.name=dapo_filter", "allocation.options.min_samples=2"], "unknown key 'allocation.options.min_samples'"),
+    (["allocation.name=nope"], "allocation.name: unknown allocator 'nope'"),
     (["algorithm.name=nft", "algorithm.options.weight_mode=3"], "algorithm.options.weight_mode: expected one of 0, 1, 2"),
     (["algorithm.kl_mode=penalty"], "algorithm.kl_mode: expected one of 'loss', 'reward'"),
     (["critic.lr=0"], "critic.lr: must be > 0"),

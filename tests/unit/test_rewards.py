@@ -11,7 +11,7 @@ import pytest
 import rewards
 from rewards import RewardError, RewardInput, RewardResult, get_reward, register_reward
 from rewards import registry
-from rewards.math_answer import answers_equivalent, extract_boxed, math_answer, normalize_answer, parse_number
+from rewards.math_answer import answers_equivalent, extract_boxed, math_answer
 from rewards.registry import call_reward, normalize_result
 
 
@@ -44,33 +44,6 @@ def test_extract_boxed(text, expected):
 
 def test_extract_boxed_non_string():
     assert extract_boxed(None) is None  # type: ignore[arg-type]
-
-
-# ----------------------------------------------------------------------------- normalisation
-
-
-@pytest.mark.parametrize(
-    "raw, expected",
-    [
-        (" 1,234 ", "1234"),
-        ("$12$", "12"),
-        ("5.", "5"),
-        (r"\text{yes}", "yes"),
-        (r"\left( 1, 2 \right)", "(1,2)"),
-        (r"\dfrac{3}{4}", r"\frac{3}{4}"),
-        (r"\tfrac12", r"\frac{1}{2}"),
-        (r"\frac ab", r"\frac{a}{b}"),
-        ("+7", "7"),
-        (r"90^\circ", "90"),
-        (r"90^{\circ}", "90"),
-        (r"50\%", "50"),
-        ("1{,}000", "1000"),
-        ("(1,2)", "(1,2)"),  # a tuple is not a thousands separator
-        (None, ""),
-    ],
-)
-def test_normalize_answer(raw, expected):
-    assert normalize_answer(raw) == expected
 
 
 # ----------------------------------------------------------------------------- equivalence
@@ -132,7 +105,7 @@ def test_not_equivalent(pred, gold):
 def test_scientific_notation_is_exact_and_bounded():
     assert answers_equivalent("1e300", "10e299")
     assert not answers_equivalent("1e300", "1.0000000000001e300")
-    assert parse_number("1e5000") is None  # refused rather than building a huge integer
+    assert not answers_equivalent("1e5000", "1e5000 + 1")  # refused rather than building a huge integer
 
 
 def test_equivalent_never_raises_on_garbage():

@@ -1,7 +1,6 @@
 """GroupSampler carries out allocator plans: counts, seeds, DAPO rounds, GVM pre-sampling."""
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -47,17 +46,17 @@ def seed_fn(p, j):
     return int(np.random.SeedSequence([0, p, j]).generate_state(1)[0] >> 1)
 
 
+SETTINGS = {"dapo_filter": dict(max_rounds=3), "gvm": dict(max_samples=12), "difficulty": dict(max_samples=12)}
+
+
 def allocator(name, **kw):
-    cfg = SimpleNamespace(name=name, n_samples=4, min_samples=4, max_samples=12, presample_n=4,
-                          reuse_presamples=True, gvm_alpha=1e-3, gvm_beta=2.0, stats_decay=0.5,
-                          filter_tol=1e-6, max_rounds=3, difficulty_floor=0.05)
-    cfg.__dict__.update(kw)
-    return get_allocator(name)(cfg)
+    cls = get_allocator(name)
+    return cls(cls.Options(**{**SETTINGS.get(name, {}), **kw}), n_samples=4)
 
 
-def sampler(alloc, records, prompts=4, n=4, presample_n=4, reuse=True):
+def sampler(alloc, records, prompts=4, n=4):
     source = PromptSource(records, prompts, seed=0, drop_last=True)
-    return GroupSampler(alloc, source, Renderer(), prompts, n, presample_n=presample_n, reuse_presamples=reuse)
+    return GroupSampler(alloc, source, Renderer(), prompts, n)
 
 
 def test_uniform_gives_n_distinct_seeded_samples_per_prompt():
@@ -135,7 +134,7 @@ def test_gvm_spends_the_budget_beyond_presamples_by_the_formula():
 def test_presamples_not_reused_still_get_fresh_seeds():
     world = FakeWorld([0.5] * 4)
     alloc = allocator("difficulty", min_samples=2, reuse_presamples=False)
-    s = sampler(alloc, make_records(4), reuse=False)
+    s = sampler(alloc, make_records(4))
     groups, m = s.sample(seed_fn, world.generate, world.score)
     seeds = [r.seed for r in world.requests]
     assert len(seeds) == len(set(seeds))

@@ -9,9 +9,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from rlcore.config import ToolsConfig  # noqa: E402
 from rollout.engine import Completion, Request, SamplingConfig  # noqa: E402
 from rollout.tool_rollout import (  # noqa: E402
-    ToolCompletion, ToolConfig, ToolRollout, all_calls_failed_penalty, round_seed, tool_metrics,
+    ToolCompletion, ToolRollout, all_calls_failed_penalty, round_seed, tool_metrics,
 )
 
 EOS = "<EOS>"
@@ -149,7 +150,7 @@ def check(tok, c, pieces):
 
 
 def cfg(**kw):
-    return ToolConfig(enabled=True, output_template=TEMPLATE, **kw)
+    return ToolsConfig(enabled=True, output_template=TEMPLATE, **kw)
 
 
 def test_one_call_exact_tokens_mask_logprobs_and_seeds(tok):
@@ -191,7 +192,7 @@ def test_batched_rounds_determinism_and_metrics(tok):
         "P1:\n": ["t\n" + code("print(10)"), "u\n" + code("print(1/0)"), "\\boxed{10}" + EOS],
         "P2:\n": [code("import time; sleep(9)"), "v" + EOS],
     }
-    conf = cfg(max_tool_calls=2, parallel_calls=4)
+    conf = cfg(max_tool_calls=2, sandbox_workers=4)
     out, engine, sessions, reqs = run(tok, scripts, conf)
     again, _, _, _ = run(tok, scripts, conf)
     assert [c.token_ids for c in out] == [c.token_ids for c in again]
@@ -281,7 +282,7 @@ def test_engine_ignoring_stop_strings_is_cut_at_the_fence(tok):
 
 def test_disabled_is_a_passthrough(tok):
     scripts = {"Q:\n": ["a\n" + code("print(5)") + EOS]}
-    (c,), engine, sessions, _ = run(tok, scripts, ToolConfig(enabled=False))
+    (c,), engine, sessions, _ = run(tok, scripts, ToolsConfig(enabled=False))
     assert isinstance(c, ToolCompletion) and c.mask == [1] * len(c.token_ids) and not sessions.made
     assert engine.calls[0][1].stop == []
 
