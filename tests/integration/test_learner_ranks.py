@@ -39,7 +39,7 @@ def _rank_main(rank: int, port: int, cfg: dict, shards: list, full: dict, out) -
         result = {"logp": learner.compute_logprobs(shards[rank], TEMPERATURE, positions="loss")}
         hp = {**HP, "temperature": TEMPERATURE, "loss_agg": "seq-mean-token-mean", "skip_zero_advantage": True,
               "lr": 0.0, "mini_batches": 1, "epochs": 1}
-        result["metrics"] = learner.train(shards[rank], "clipped", hp)
+        result["metrics"] = learner.train(shards[rank], "policy", hp)
         result["grads"] = {k: v.numpy() for k, v in _learner_grads(learner).items()}  # full_tensor: collective
         result["gvm"] = learner.likelihood_grad_norms(full, GROUPS)
         learner.shutdown()
@@ -77,7 +77,7 @@ def test_two_ranks_with_different_pass_counts_match_one_process(model_dir):
     results = _spawn_two_ranks(_rank_main, (_free_port(), cfg, shards, batch))
 
     hp = {**HP, "temperature": TEMPERATURE, "loss_agg": "seq-mean-token-mean"}
-    ref_loss, ref_grads = _reference_step(plain, batch, "clipped", hp)
+    ref_loss, ref_grads = _reference_step(plain, batch, "policy", hp)
     losses = [results[r]["metrics"]["train/loss"] for r in range(2)]
     assert sum(losses) == pytest.approx(ref_loss, rel=RTOL)  # what LearnerGroup reports
     for rank in range(2):
