@@ -31,6 +31,14 @@ WORKER_ENV = {
 }
 
 
+def cpus_wanted(cfg: ExperimentConfig) -> float:
+    """CPUs the run's actors ask for: engines, learner ranks and, for a critic, its ranks."""
+    wanted = cfg.rollout.num_workers * cfg.rollout.cpus_per_worker + cfg.learner.num_ranks * cfg.learner.cpus_per_rank
+    if get_algorithm(cfg.algorithm.name).needs_critic:
+        wanted += cfg.critic.num_ranks * cfg.critic.cpus_per_rank
+    return wanted
+
+
 def connect(cfg: ExperimentConfig) -> None:
     """Attach to `ray.address` / $RAY_ADDRESS, or start a local cluster on 127.0.0.1."""
     if ray.is_initialized():
@@ -41,10 +49,7 @@ def connect(cfg: ExperimentConfig) -> None:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         return
     os.environ.update(LOOPBACK_ENV)
-    wanted = cfg.rollout.num_workers * cfg.rollout.cpus_per_worker + cfg.learner.num_ranks * cfg.learner.cpus_per_rank
-    if get_algorithm(cfg.algorithm.name)(cfg.algorithm).needs_critic:
-        wanted += cfg.critic.num_ranks * cfg.critic.cpus_per_rank
-    num_cpus = cfg.ray.num_cpus or max(int(-(-wanted // 1)), os.cpu_count() or 1)
+    num_cpus = cfg.ray.num_cpus or max(int(-(-cpus_wanted(cfg) // 1)), os.cpu_count() or 1)
     ray.init(
         address="local",
         num_cpus=num_cpus,

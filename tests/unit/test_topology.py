@@ -1,0 +1,16 @@
+"""The local cluster's size: what the run's actors ask for, a critic included only when the
+algorithm has one."""
+from __future__ import annotations
+
+import pytest
+
+from rlcore.config import load_config
+from rlcore.topology import cpus_wanted
+
+
+@pytest.mark.parametrize("algorithm, expected", [("grpo", 1 + 2), ("ppo", 1 + 2 + 3 * 1.5)])
+def test_cpus_wanted_counts_engines_learners_and_a_critic(algorithm, expected):
+    cfg = load_config(None, ["model.path=unused", f"algorithm.name={algorithm}", "rollout.num_workers=1",
+                             "learner.num_ranks=2", "learner.cpus_per_rank=1", "critic.num_ranks=3",
+                             "critic.cpus_per_rank=1.5", "rollout.prompts_per_step=4", "rollout.n_samples=6"])
+    assert cpus_wanted(cfg) == pytest.approx(expected)
