@@ -160,7 +160,7 @@ def run_checks(work: Path, dtype: str, sft_steps: int, device_hint: str) -> dict
     learner.shutdown()
 
     # 6. PPO's critic (its own process group) fits outcome returns under the same dtype.
-    critic = CriticWorker(0, 1, "127.0.0.1", _free_port(), {**cfg, "learner": {**cfg["learner"], "lr": 5e-4}})
+    critic = CriticWorker(0, 1, "127.0.0.1", _free_port(), cfg)  # its lr is critic.lr (5e-4)
     values = probe | {"old_values": critic.compute_values(probe)}
     outcome = np.random.default_rng(2).integers(0, 2, len(probe["input_ids"])).astype(np.float32)
     values["returns"] = outcome[:, None] * probe["loss_mask"]

@@ -20,6 +20,7 @@ printed and must agree. Variants are interleaved rep by rep so load drift hits t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import socket
 import statistics
@@ -113,7 +114,8 @@ def main(argv=None) -> int:
     def run(name: str, batch: dict) -> tuple[float, dict]:
         legacy = name == "before"
         learner._logprobs = legacy_logprobs.__get__(learner) if legacy else fast_logprobs
-        learner.cfg["learner"]["micro_batch_tokens"] = 0 if legacy else int(name.split("=")[1])
+        learner.settings = dataclasses.replace(learner.settings,
+                                               micro_batch_tokens=0 if legacy else int(name.split("=")[1]))
         t0 = time.perf_counter()
         skip = hp["skip_zero_advantage"] and not legacy
         metrics = learner.train(batch, "policy", {**hp, "skip_zero_advantage": skip})

@@ -13,11 +13,13 @@ accumulation, clipping and metric reduction, with the value loss as the per-micr
 from __future__ import annotations
 
 import time
+from dataclasses import fields, replace
 
 import numpy as np
 import torch
 
 from algorithms.ppo import value_loss
+from rlcore.config import CriticConfig, ExperimentConfig, LearnerConfig, ModelConfig
 from rlcore.learner import LearnerWorker
 from rollout.model_io import pick_attn_implementation
 
@@ -26,16 +28,22 @@ class CriticWorker(LearnerWorker):
     checkpoint_subdir = "critic"
     hf_subdir = "critic_model"
 
-    def _load_model(self, mcfg: dict):
+    @staticmethod
+    def rank_settings(cfg: ExperimentConfig) -> LearnerConfig:
+        """The learner's settings with the `critic:` section's own (ranks, resources, lr, ...)."""
+        shared = {f.name for f in fields(LearnerConfig)} & {f.name for f in fields(CriticConfig)}
+        return replace(cfg.learner, **{name: getattr(cfg.critic, name) for name in shared})
+
+    def _load_model(self, mcfg: ModelConfig):
         from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(mcfg["path"], trust_remote_code=mcfg["trust_remote_code"])
-        config = AutoConfig.from_pretrained(mcfg["path"], num_labels=1, trust_remote_code=mcfg["trust_remote_code"])
+        tokenizer = AutoTokenizer.from_pretrained(mcfg.path, trust_remote_code=mcfg.trust_remote_code)
+        config = AutoConfig.from_pretrained(mcfg.path, num_labels=1, trust_remote_code=mcfg.trust_remote_code)
         config.classifier_dropout = 0.0  # dropout would make values noisy and resume inexact
         model = AutoModelForTokenClassification.from_pretrained(
-            mcfg["path"], config=config, dtype=torch.float32,
-            attn_implementation=pick_attn_implementation(mcfg["attn_implementation"], str(self.device), mcfg["dtype"]),
-            trust_remote_code=mcfg["trust_remote_code"],
+            mcfg.path, config=config, dtype=torch.float32,
+            attn_implementation=pick_attn_implementation(mcfg.attn_implementation, str(self.device), mcfg.dtype),
+            trust_remote_code=mcfg.trust_remote_code,
         ).to(self.device)
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):

@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from algorithms import Algorithm, PolicyLossInput, aggregate, get_algorithm
 from algorithms.off_policy import truncated_is_weights
+from rlcore.config import ExperimentConfig, LearnerConfig, ModelConfig
 from rlcore.cpu_pinning import pin_to_cores
 from rollout.model_io import DTYPES, load_causal_lm
 
@@ -25,50 +26,53 @@ class LearnerWorker:
     checkpoint_subdir = "learner"  # DCP shards, under the step's checkpoint directory
     hf_subdir = "model"  # the HF model directory next to them
     def __init__(self, rank: int, world_size: int, master_addr: str, master_port: int, cfg: dict):
-        self.rank, self.world_size, self.cfg = rank, world_size, cfg
-        lcfg = cfg["learner"]
-        on_gpu = lcfg["gpus_per_rank"] > 0 and torch.cuda.is_available()
+        """`cfg` is ExperimentConfig.to_dict(), the wire form; it is rebuilt (and checked) into
+        the same typed config here, plug-in options included."""
+        from rlcore.config import config_from_dict
+
+        self.rank, self.world_size = rank, world_size
+        self.cfg = config_from_dict(cfg, source="<learner worker config>")
+        self.settings = self.rank_settings(self.cfg)
+        lcfg = self.settings
+        on_gpu = lcfg.gpus_per_rank > 0 and torch.cuda.is_available()
         self.device = torch.device("cuda", 0) if on_gpu else torch.device("cpu")
-        backend = lcfg["backend"] if lcfg["backend"] != "auto" else ("nccl" if on_gpu else "gloo")
-        if lcfg["num_threads"] > 0:
-            torch.set_num_threads(lcfg["num_threads"])
-        pin_to_cores(lcfg.get("cpu_cores") or [])
+        backend = lcfg.backend if lcfg.backend != "auto" else ("nccl" if on_gpu else "gloo")
+        if lcfg.num_threads > 0:
+            torch.set_num_threads(lcfg.num_threads)
+        pin_to_cores(lcfg.cpu_cores)
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
         # Binding the rank to its GPU lets NCCL set up communicators eagerly and keeps
         # barrier() from guessing the device.
         bind = {"device_id": self.device} if on_gpu else {}
         dist.init_process_group(backend, rank=rank, world_size=world_size, **bind)
-        torch.manual_seed(cfg["seed"])
+        torch.manual_seed(self.cfg.seed)
 
-        mcfg = cfg["model"]
+        mcfg = self.cfg.model
         self.model, self.tokenizer = self._load_model(mcfg)
-        if lcfg["gradient_checkpointing"]:
+        if lcfg.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         self.tied = bool(getattr(self.model.config, "tie_word_embeddings", False))
-        self._shard(self.model, DTYPES[mcfg["dtype"]])
+        self._shard(self.model, DTYPES[mcfg.dtype])
         self.ref_model = None
-        self.optimizer = self._make_optimizer(lcfg["lr"])
+        self.optimizer = self._make_optimizer(lcfg.lr)
 
     # ------------------------------------------------------------------ setup
+
+    @staticmethod
+    def rank_settings(cfg: ExperimentConfig) -> LearnerConfig:
+        """This group's settings: the policy's `learner:` section (the critic overrides this)."""
+        return cfg.learner
 
     @functools.cached_property
     def algorithm(self) -> Algorithm:
         """Resolved here, by name or import path, as the driver did (rlcore/plugins.py)."""
-        return get_algorithm(self.cfg["algorithm"]["name"])
+        return get_algorithm(self.cfg.algorithm.name)
 
-    @functools.cached_property
-    def algorithm_options(self):
-        """The algorithm's typed options, rebuilt from the config the driver checked."""
-        from rlcore.config import _build
-
-        return _build(self.algorithm.options, self.cfg["algorithm"].get("options") or {}, "algorithm.options.",
-                      "<learner>", {})
-
-    def _load_model(self, mcfg: dict):
+    def _load_model(self, mcfg: ModelConfig):
         # Master weights stay fp32; bf16/fp16 is a compute dtype applied by FSDP's policy.
         return load_causal_lm(
-            mcfg["path"], "float32", str(self.device), mcfg["attn_implementation"], mcfg["trust_remote_code"],
-            compute_dtype=mcfg["dtype"],
+            mcfg.path, "float32", str(self.device), mcfg.attn_implementation, mcfg.trust_remote_code,
+            compute_dtype=mcfg.dtype,
         )
 
     def _shard(self, model: torch.nn.Module, compute_dtype: torch.dtype) -> None:
@@ -83,12 +87,12 @@ class LearnerWorker:
         fully_shard(model, **kwargs)
 
     def _make_optimizer(self, lr: float) -> torch.optim.Optimizer:
-        lcfg = self.cfg["learner"]
+        lcfg = self.settings
         # After a no-grad forward FSDP2 leaves the root's parameters unsharded; an optimizer
         # built on those tensors would never update the sharded ones (embeddings, norm, head).
         self.model.reshard()
         return torch.optim.AdamW(
-            self.model.parameters(), lr=lr, betas=tuple(lcfg["betas"]), weight_decay=lcfg["weight_decay"]
+            self.model.parameters(), lr=lr, betas=tuple(lcfg.betas), weight_decay=lcfg.weight_decay
         )
 
     def reset_optimizer(self, lr: float) -> None:
@@ -97,11 +101,11 @@ class LearnerWorker:
 
     def enable_reference(self, path: str) -> None:
         """Freeze the model at `path` (the post-SFT policy the trainer saved) as the KL reference."""
-        mcfg = self.cfg["model"]
-        ref, _ = load_causal_lm(path, "float32", str(self.device), mcfg["attn_implementation"],
-                                mcfg["trust_remote_code"], compute_dtype=mcfg["dtype"])
+        mcfg = self.cfg.model
+        ref, _ = load_causal_lm(path, "float32", str(self.device), mcfg.attn_implementation,
+                                mcfg.trust_remote_code, compute_dtype=mcfg.dtype)
         ref.requires_grad_(False)
-        self._shard(ref, DTYPES[mcfg["dtype"]])
+        self._shard(ref, DTYPES[mcfg.dtype])
         self.ref_model = ref.eval()
 
     def ping(self) -> int:
@@ -168,11 +172,10 @@ class LearnerWorker:
         rows x longest row stays within the budget (a longer row goes alone); otherwise chunks of
         `micro_batch_size` rows in order. The counts may differ between ranks: see `_agree`.
         """
-        lcfg = self.cfg["learner"]
-        budget = int(lcfg.get("micro_batch_tokens") or 0)
+        budget = self.settings.micro_batch_tokens
         indices = np.asarray(indices)
         if budget <= 0:
-            size = lcfg["micro_batch_size"]
+            size = self.settings.micro_batch_size
             return [indices[s : s + size] for s in range(0, len(indices), size)]
         lengths = batch["attention_mask"][indices].sum(1)
         order = np.argsort(-lengths, kind="stable")
@@ -248,7 +251,7 @@ class LearnerWorker:
         """
         t0 = time.perf_counter()
         for group in self.optimizer.param_groups:
-            group["lr"] = hparams.get("lr", self.cfg["learner"]["lr"])
+            group["lr"] = hparams.get("lr", self.settings.lr)
         metrics = self._train_steps(batch, hparams, lambda mini: self._optimizer_step(batch, mini, loss, hparams))
         # Keys that already name their section ("async/is_weight_mean") keep it.
         out = {(k if "/" in k else f"train/{k}"): v for k, v in metrics.items()}
@@ -270,13 +273,12 @@ class LearnerWorker:
 
     def _train_steps(self, batch: dict[str, np.ndarray], hparams: dict, step) -> dict[str, float]:
         """`step(indices)` over epochs x mini-batches of this rank's rows; metrics averaged over steps."""
-        lcfg = self.cfg["learner"]
         self.model.train()
         n = len(batch["input_ids"])
-        minis = np.array_split(np.arange(n), hparams.get("mini_batches", lcfg["mini_batches"]))
+        minis = np.array_split(np.arange(n), hparams.get("mini_batches", self.settings.mini_batches))
         totals: dict[str, float] = {}
         count = 0
-        for _ in range(hparams.get("epochs", lcfg["epochs"])):
+        for _ in range(hparams.get("epochs", self.settings.epochs)):
             for mini in minis:
                 for k, v in step(mini).items():
                     totals[k] = totals.get(k, 0.0) + v
@@ -292,7 +294,7 @@ class LearnerWorker:
         """
         self.optimizer.zero_grad(set_to_none=True)
         sums, weights = self._backward_passes(batch, rows, micro_loss)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg["learner"]["grad_clip"])
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         self.optimizer.step()
         result = {k: (v if (k.endswith(("_max", "_min")) or k == "loss") else v / max(weights, 1.0))
@@ -375,7 +377,7 @@ class LearnerWorker:
                         seq_normalizer=seqs,
                         max_tokens=hparams.get("max_tokens"),
                         extras={k[6:]: v for k, v in mb.items() if k.startswith("extra/")},
-                        options=self.algorithm_options,
+                        options=self.cfg.algorithm.options,
                     )
                 )
                 value, metrics = out.loss, {**out.metrics, **is_metrics}

@@ -85,16 +85,14 @@ def create_learner_group(cfg: ExperimentConfig, role: str = "policy", timeout_s:
     (CriticWorkers) from `critic:` on top of the learner settings. Returns the actors and their
     placement group; `shutdown_group` releases both.
     """
-    worker_cfg = cfg.to_dict()
     if role == "critic":
         from rlcore.critic import CriticWorker as worker_class
-
-        worker_cfg["learner"] = {**worker_cfg["learner"], **worker_cfg["critic"]}
     else:
         from rlcore.learner import LearnerWorker as worker_class
-    lc = worker_cfg["learner"]
-    ranks = lc["num_ranks"]
-    bundles = [{"CPU": lc["cpus_per_rank"], **({"GPU": lc["gpus_per_rank"]} if lc["gpus_per_rank"] else {})}] * ranks
+    worker_cfg = cfg.to_dict()  # the wire form; each rank rebuilds the typed config
+    lc = worker_class.rank_settings(cfg)
+    ranks = lc.num_ranks
+    bundles = [{"CPU": lc.cpus_per_rank, **({"GPU": lc.gpus_per_rank} if lc.gpus_per_rank else {})}] * ranks
     pg = placement_group(bundles, strategy="PACK")
     try:
         ray.get(pg.ready(), timeout=timeout_s)
@@ -109,7 +107,7 @@ def create_learner_group(cfg: ExperimentConfig, role: str = "policy", timeout_s:
     actor_cls = ray.remote(worker_class)
     workers = [
         actor_cls.options(
-            num_cpus=lc["cpus_per_rank"], num_gpus=lc["gpus_per_rank"], scheduling_strategy=strategy(rank)
+            num_cpus=lc.cpus_per_rank, num_gpus=lc.gpus_per_rank, scheduling_strategy=strategy(rank)
         ).remote(rank, ranks, addr, port, worker_cfg)
         for rank in range(ranks)
     ]

@@ -201,7 +201,10 @@ def test_gvm_norms_and_the_critic_with_uneven_passes_on_two_ranks(model_dir):
 
     # The critic as its ranks built it: same seed, then the same head initialisation.
     torch.manual_seed(critic_cfg["seed"])
-    value_model, _ = CriticWorker._load_model(SimpleNamespace(device=torch.device("cpu")), critic_cfg["model"])
+    from rlcore.config import config_from_dict
+
+    value_model, _ = CriticWorker._load_model(SimpleNamespace(device=torch.device("cpu")),
+                                              config_from_dict(critic_cfg).model)
     ids, att = torch.from_numpy(batch["input_ids"]), torch.from_numpy(batch["attention_mask"])
     values = value_model(input_ids=ids, attention_mask=att, use_cache=False).logits[:, :-1, 0].float()
     ours = np.concatenate([results[0]["values"], results[1]["values"]])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.unit.test_learner_fast_update import LAYOUTS, RTOL, _batch, _free_port, _learner_cfg
+from tests.unit.test_learner_fast_update import LAYOUTS, RTOL, _batch, _free_port, _learner_cfg, layout
 
 CLIP = 0.2
 
@@ -79,14 +79,9 @@ def _train(critic, batch, lr=0.0, **hparams):
     return critic.train_values(batch, {"value_clip": CLIP, "mini_batches": 1, "epochs": 1, **hparams})
 
 
-def _with_layout(critic, layout: dict, fn):
-    saved = dict(critic.cfg["learner"])
-    critic.cfg["learner"].update(layout)
-    try:
+def _with_layout(critic, settings: dict, fn):
+    with layout(critic, **settings):
         return fn()
-    finally:
-        critic.cfg["learner"].clear()
-        critic.cfg["learner"].update(saved)
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))

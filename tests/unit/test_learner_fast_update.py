@@ -4,6 +4,9 @@ full-batch forward over every position of an unsharded copy of the model, log_so
 whole [B, L-1, V] logits, the policy loss with its global normalisers."""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+
 import socket
 
 import numpy as np
@@ -103,7 +106,7 @@ def learner(model_dir):
 def plain_model(model_dir, learner):
     from rollout.model_io import load_causal_lm
 
-    model, _ = load_causal_lm(model_dir, "float32", "cpu", learner.cfg["model"]["attn_implementation"])
+    model, _ = load_causal_lm(model_dir, "float32", "cpu", learner.cfg.model.attn_implementation)
     return model
 
 
@@ -181,14 +184,20 @@ def _assert_same(learner, metrics, ref_loss, ref_grads):
         torch.testing.assert_close(ours[name], g, rtol=RTOL, atol=RTOL * scale, msg=name)
 
 
-def _train(learner, batch, loss, hparams, **learner_cfg):
-    saved = dict(learner.cfg["learner"])
-    learner.cfg["learner"].update(learner_cfg)
+@contextlib.contextmanager
+def layout(worker, **settings):
+    """The worker's learner settings with `settings` changed, for the duration of the block."""
+    saved = worker.settings
+    worker.settings = dataclasses.replace(saved, **settings)
     try:
-        return learner.train(batch, loss, {"lr": 0.0, "mini_batches": 1, "epochs": 1, **hparams})
+        yield
     finally:
-        learner.cfg["learner"].clear()
-        learner.cfg["learner"].update(saved)
+        worker.settings = saved
+
+
+def _train(learner, batch, loss, hparams, **learner_cfg):
+    with layout(learner, **learner_cfg):
+        return learner.train(batch, loss, {"lr": 0.0, "mini_batches": 1, "epochs": 1, **hparams})
 
 
 HP = {"clip_low": 0.2, "clip_high": 0.28, "max_tokens": 8}
@@ -239,14 +248,10 @@ def test_compute_logprobs_all_and_loss_positions(learner, plain_model):
     ref, att = _reference_logp(plain_model, batch, 0.7)
     ref = (ref * att[:, 1:]).detach().numpy()
     mask = batch["loss_mask"]
-    for name, layout in LAYOUTS.items():
-        saved = dict(learner.cfg["learner"])
-        learner.cfg["learner"].update(layout)
-        try:
+    for name, settings in LAYOUTS.items():
+        with layout(learner, **settings):
             full = learner.compute_logprobs(batch, 0.7)
             scored = learner.compute_logprobs(batch, 0.7, positions="loss")
-        finally:
-            learner.cfg["learner"].update(saved)
         np.testing.assert_allclose(full, ref, rtol=RTOL, atol=1e-5)
         np.testing.assert_allclose(scored * (mask > 0), ref * (mask > 0), rtol=RTOL, atol=1e-5)
         if name == "tokens1":  # one row per pass: nothing before its own first trained position
@@ -262,12 +267,8 @@ def test_compute_logprobs_all_and_loss_positions(learner, plain_model):
 def test_token_plan_sorts_by_length_and_respects_the_budget(learner):
     batch = _batch(seed=15, rows=12)
     lengths = batch["attention_mask"].sum(1)
-    saved = dict(learner.cfg["learner"])
-    learner.cfg["learner"]["micro_batch_tokens"] = 30
-    try:
+    with layout(learner, micro_batch_tokens=30):
         plan = learner._plan(batch, np.arange(12))
-    finally:
-        learner.cfg["learner"].update(saved)
     assert sorted(np.concatenate(plan).tolist()) == list(range(12))
     for part in plan:
         assert len(part) == 1 or len(part) * lengths[part].max() <= 30
