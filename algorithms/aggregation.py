@@ -10,6 +10,12 @@ The choice of normaliser changes the objective, not just its scale:
 * ``seq-mean-token-sum-norm``: sum over everything divided by a *constant*
   ``max_tokens * num_seqs`` (Dr. GRPO, arXiv:2503.20783), which removes the
   length bias of per-sequence means.
+* ``prompt-mean-token-sum`` / ``prompt-mean-token-mean``: each prompt's samples
+  averaged (a sample's token sum, or its token mean), then prompts averaged, so a
+  prompt weighs the same however many samples an allocator gave it: the M-step of
+  GVM-RAFT (arXiv:2505.02391) is ``prompt-mean-token-sum`` of ``-log p``. The
+  weights need the prompt of every row, so the driver computes them
+  (:func:`prompt_token_weights`) and they arrive as ``token_weight``.
 
 Why the normaliser arguments exist: the learner splits a mini-batch (one
 optimizer step) into micro-batches and across data-parallel ranks and sums
@@ -38,7 +44,10 @@ AGG_MODES = (
     "seq-mean-token-mean",
     "seq-mean-token-sum",
     "seq-mean-token-sum-norm",
+    "prompt-mean-token-sum",
+    "prompt-mean-token-mean",
 )
+PROMPT_MODES = ("prompt-mean-token-sum", "prompt-mean-token-mean")
 
 Number = Union[int, float, Tensor]
 
@@ -61,6 +70,7 @@ def aggregate(
     token_normalizer: Optional[Number] = None,
     seq_normalizer: Optional[Number] = None,
     max_tokens: Optional[Number] = None,
+    token_weight: Optional[Tensor] = None,
 ) -> Tensor:
     """Aggregate ``values[B, T]`` over tokens where ``mask[B, T]`` is 1.
 
@@ -73,6 +83,8 @@ def aggregate(
             (default: sequences with any token for ``seq-mean-token-mean``,
             ``B`` for the token-sum modes).
         max_tokens: ``seq-mean-token-sum-norm`` constant (default ``T``).
+        token_weight: ``[B, T]`` weights of the ``prompt-mean-*`` modes
+            (:func:`prompt_token_weights`; required there).
 
     Returns:
         A 0-dim tensor.
@@ -106,4 +118,28 @@ def aggregate(
         b = _as_tensor(values.shape[0] if seq_normalizer is None else seq_normalizer, values)
         return _safe_div(masked.sum(), t * b)
 
+    if mode in PROMPT_MODES:
+        if token_weight is None or token_weight.shape != values.shape:
+            raise ValueError(f"{mode} needs token_weight of shape {tuple(values.shape)} (prompt_token_weights)")
+        return (masked * token_weight.to(values.dtype)).sum()
+
     raise ValueError(f"unknown aggregation mode {mode!r}; available: {', '.join(AGG_MODES)}")
+
+
+def prompt_token_weights(mask: Tensor, prompt_index: Tensor, mode: str) -> Tensor:
+    """``[B, T]`` weights that make a token sum the ``prompt-mean-*`` loss of ``mask``'s rows:
+    ``1 / (P * n_p)`` on every token of a row of prompt ``p`` (``n_p`` rows with a token, ``P``
+    prompts with one), divided by the row's token count for ``prompt-mean-token-mean``."""
+    m = mask.to(torch.float64)
+    tokens = m.sum(-1)
+    live = tokens > 0
+    _, prompt = torch.unique(prompt_index, return_inverse=True)
+    rows = torch.zeros(int(prompt.max()) + 1 if prompt.numel() else 0, dtype=torch.float64)
+    rows = rows.index_add(0, prompt, live.to(torch.float64))
+    num_prompts = (rows > 0).sum().clamp(min=1)
+    per_row = torch.where(live, 1.0 / (num_prompts * rows[prompt].clamp(min=1)), torch.zeros_like(tokens))
+    if mode == "prompt-mean-token-mean":
+        per_row = per_row / tokens.clamp(min=1)
+    elif mode != "prompt-mean-token-sum":
+        raise ValueError(f"not a prompt-mean mode: {mode!r}")
+    return (per_row[:, None] * m).to(mask.dtype if mask.is_floating_point() else torch.float32)

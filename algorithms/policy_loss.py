@@ -58,6 +58,7 @@ class PolicyLossInput:
     token_normalizer: Optional[Number] = None
     seq_normalizer: Optional[Number] = None
     max_tokens: Optional[Number] = None
+    token_weight: Optional[Tensor] = None  # [B, T], the prompt-mean-* aggregation modes
     extras: Dict[str, Tensor] = field(default_factory=dict)
     options: Any = None  # the algorithm's typed options (algorithms/contract.py)
 
@@ -108,6 +109,7 @@ def kl_and_aggregate(per_token: Tensor, mask: Tensor, inp: PolicyLossInput):
         token_normalizer=inp.token_normalizer,
         seq_normalizer=inp.seq_normalizer,
         max_tokens=inp.max_tokens,
+        token_weight=inp.token_weight,
     )
     return loss, kl
 

@@ -150,8 +150,10 @@ class AlgorithmConfig:
     dual_clip_c: float | None = None
     kl_coef: float = 0.0
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    # prompt-mean-*: each prompt's samples averaged, then prompts (GVM's M-step; algorithms/aggregation.py)
     loss_agg: Literal[
-        "token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"
+        "token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm",
+        "prompt-mean-token-sum", "prompt-mean-token-mean",
     ] = "token-mean"
     kl_mode: Literal["loss", "reward"] = "loss"  # KL as a loss term, or as a reward penalty
 

@@ -343,6 +343,7 @@ class LearnerWorker:
         tokens = self._global_sum(float(mask_all.sum()))
         seqs = self._global_sum(float((mask_all.sum(1) > 0).sum()))
         temperature = hparams.get("temperature", 1.0)
+        n_mini = float(hparams.get("mini_batches", self.settings.mini_batches))
 
         def micro_loss(mb: dict[str, torch.Tensor]):
             mask = mb["loss_mask"].float()
@@ -376,6 +377,8 @@ class LearnerWorker:
                         token_normalizer=tokens,
                         seq_normalizer=seqs,
                         max_tokens=hparams.get("max_tokens"),
+                        # Weights over the whole batch; each mini-batch is scaled to its size.
+                        token_weight=mb["token_weight"] * n_mini if "token_weight" in mb else None,
                         extras={k[6:]: v for k, v in mb.items() if k.startswith("extra/")},
                         options=self.cfg.algorithm.options,
                     )

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from algorithms import AdvantageInput, Algorithm, kl_penalty
+from algorithms.aggregation import PROMPT_MODES, prompt_token_weights
 from algorithms.contract import spread
 from algorithms.off_policy import truncated_is_weights
 from rlcore.batch import build_batch, pad_rows, select_rows
@@ -137,6 +138,10 @@ class UpdateBuilder:
         metrics["samples/trained"] = int(keep.sum())
         if not keep.any():
             return None, metrics
+        if algo.loss_agg in PROMPT_MODES:  # over the rows that stay: each prompt weighs the same
+            batch["token_weight"] = np.zeros_like(batch["loss_mask"])
+            kept = mask * torch.from_numpy(keep[:n].astype(np.float32))[:, None]
+            batch["token_weight"][:n] = prompt_token_weights(kept, torch.tensor(owners), algo.loss_agg).numpy()
         if not keep.all():
             batch = pad_rows(select_rows(batch, np.flatnonzero(keep)), self.row_multiple)
         if self.skips_zero_advantage():

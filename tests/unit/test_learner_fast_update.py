@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from algorithms import AGG_MODES, PolicyLossInput, aggregate, clipped_policy_loss
+from algorithms.aggregation import prompt_token_weights
 from rlcore import learner as learner_mod
 from rlcore.batch import build_batch
 from rlcore.learner import token_logprobs
@@ -133,6 +134,9 @@ def _policy_batch(plain_model, batch, temperature, seed, zero_rows=()):
     adv = rng.normal(0, 1, len(mask)).astype(np.float32)
     adv[list(zero_rows)] = 0.0
     out["advantages"] = (adv[:, None] * mask).astype(np.float32)
+    # For the prompt-mean-* modes: rows belong to prompts of uneven sizes (3, 1, 4, 2, ...).
+    prompts = torch.tensor(np.repeat(np.arange(len(mask)), [3, 1, 4, 2] * len(mask))[: len(mask)])
+    out["token_weight"] = prompt_token_weights(torch.from_numpy(mask), prompts, "prompt-mean-token-mean").numpy()
     return out
 
 
@@ -161,6 +165,7 @@ def _reference_step(model, batch, loss: str, hparams: dict):
             clip_low=hparams["clip_low"], clip_high=hparams["clip_high"], dual_clip_c=hparams.get("dual_clip_c"),
             kl_coef=hparams.get("kl_coef", 0.0), agg_mode=hparams.get("loss_agg", "token-mean"),
             token_normalizer=tokens, seq_normalizer=seqs, max_tokens=hparams.get("max_tokens"),
+            token_weight=torch.from_numpy(batch["token_weight"]) if "token_weight" in batch else None,
         )).loss
     value.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
