@@ -132,14 +132,3 @@ def spread(values: Tensor, mask: Tensor) -> Tensor:
     v = _floating(values)
     return (v[:, None] if v.dim() == 1 else v) * mask.to(v.dtype)
 
-
-__all__ = [
-    "AdvantageInput",
-    "AdvantageOutput",
-    "Algorithm",
-    "NoOptions",
-    "OptionError",
-    "PolicyLossInput",
-    "PolicyLossOutput",
-    "spread",
-]

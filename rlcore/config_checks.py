@@ -65,8 +65,7 @@ def check(cfg: ExperimentConfig, source: str, lines: dict[str, int] | None = Non
         )
     if cfg.resume and cfg.resume != "latest" and not cfg.resume.startswith("step_"):
         fail("resume", f"expected '', 'latest' or 'step_N', got {cfg.resume!r}")
-    _resolve_algorithm(cfg, source, lines or {}, fail)
-    _resolve_allocator(cfg, source, lines or {}, fail)
+    _resolve_plugins(cfg, source, lines or {}, fail)
     _validate_rl_sections(cfg, fail)
     _validate_reward(cfg, fail)
 
@@ -94,34 +93,33 @@ def _validate_rl_sections(cfg: ExperimentConfig, fail) -> None:
             fail("tools.output_template", "must contain '{output}'")
 
 
-def _resolve_algorithm(cfg: ExperimentConfig, source: str, lines: dict[str, int], fail) -> None:
-    """Find the algorithm (name or import path) and make `algorithm.options` its typed options."""
+def _resolve_plugins(cfg: ExperimentConfig, source: str, lines: dict[str, int], fail) -> None:
+    """The algorithm and the allocator, each a name or an import path, with typed options."""
     from algorithms import get_algorithm
-    from rlcore.plugins import PluginError
-
-    cfg.algorithm.name = _anchor_plugin_path(cfg.algorithm.name, source, lines.get("algorithm.name", 0))
-    try:
-        algorithm = get_algorithm(cfg.algorithm.name)
-    except (KeyError, PluginError) as e:
-        fail("algorithm.name", str(e).strip("'\""))
-    cfg.algorithm.options = _typed_options("algorithm", algorithm.options, cfg.algorithm.options, source, lines, fail)
-
-
-def _resolve_allocator(cfg: ExperimentConfig, source: str, lines: dict[str, int], fail) -> None:
-    """The same for `allocation`, plus the allocator's check against rollout.n_samples."""
     from algorithms.allocators import get_allocator
-    from rlcore.plugins import OptionError, PluginError
+    from rlcore.plugins import OptionError
 
-    cfg.allocation.name = _anchor_plugin_path(cfg.allocation.name, source, lines.get("allocation.name", 0))
-    try:
-        allocator = get_allocator(cfg.allocation.name)
-    except (KeyError, PluginError) as e:
-        fail("allocation.name", str(e).strip("'\""))
-    cfg.allocation.options = _typed_options("allocation", allocator.Options, cfg.allocation.options, source, lines, fail)
+    _resolve_plugin("algorithm", cfg.algorithm, get_algorithm, lambda found: found.options, source, lines, fail)
+    allocator = _resolve_plugin("allocation", cfg.allocation, get_allocator, lambda found: found.Options,
+                                source, lines, fail)
     try:
         allocator.check_budget(cfg.allocation.options, cfg.rollout.n_samples)
     except OptionError as e:
         fail(f"allocation.options.{e.key}", e.message)
+
+
+def _resolve_plugin(section: str, settings, find, options_of, source: str, lines: dict[str, int], fail):
+    """`find` the plug-in `settings.name` names (a relative file path anchored at the config
+    file) and make `settings.options` its typed options; returns the plug-in."""
+    from rlcore.plugins import PluginError
+
+    settings.name = _anchor_plugin_path(settings.name, source, lines.get(f"{section}.name", 0))
+    try:
+        found = find(settings.name)
+    except (KeyError, PluginError) as e:
+        fail(f"{section}.name", str(e).strip("'\""))
+    settings.options = _typed_options(section, options_of(found), settings.options, source, lines, fail)
+    return found
 
 
 def _typed_options(section: str, options_cls: type, raw, source: str, lines: dict[str, int], fail):
