@@ -24,6 +24,7 @@ from algorithms import (
     register_algorithm,
 )
 from algorithms import registry as reg
+from algorithms.aggregation import PROMPT_MODES, prompt_token_weights
 from algorithms.contract import spread
 
 
@@ -200,12 +201,13 @@ def test_aggregate_bool_mask():
 @pytest.mark.parametrize("mode", AGG_MODES)
 def test_aggregate_zero_denominator_is_zero_with_grad(mode):
     v = t(VALS).requires_grad_()
-    out = aggregate(v, torch.zeros(3, 3, dtype=D), mode, token_normalizer=None)
+    out = aggregate(v, torch.zeros(3, 3, dtype=D), mode, token_normalizer=None,
+                    **_weights(mode, torch.zeros(3, 3, dtype=D)))
     assert out.item() == 0.0
     out.backward()
     assert torch.equal(v.grad, torch.zeros(3, 3, dtype=D))
     v2 = t(VALS).requires_grad_()
-    out2 = aggregate(v2, t(MASK), mode, token_normalizer=0, seq_normalizer=0)
+    out2 = aggregate(v2, t(MASK), mode, token_normalizer=0, seq_normalizer=0, **_weights(mode, t(MASK) * 0))
     assert out2.item() == 0.0 and out2.requires_grad
     out2.backward()
     assert torch.isfinite(v2.grad).all()
@@ -216,6 +218,18 @@ def test_aggregate_errors():
         aggregate(t(VALS), t(MASK), "bogus")
     with pytest.raises(ValueError):
         aggregate(t(VALS), t(MASK)[:2], "token-mean")
+
+
+def _weights(mode: str, mask: torch.Tensor) -> dict:
+    """The prompt-mean-* modes' token weights (rows in prompts of two), computed over the full
+    batch as the driver does; {} for the other modes."""
+    if mode not in PROMPT_MODES:
+        return {}
+    return {"token_weight": prompt_token_weights(mask, torch.arange(mask.shape[0]) // 2, mode)}
+
+
+def _sliced(kwargs: dict, sl) -> dict:
+    return {k: v[sl] for k, v in kwargs.items()}
 
 
 def _norms_for(mode: str, mask: torch.Tensor) -> dict:
@@ -236,15 +250,16 @@ def test_micro_batch_split_equals_full_batch(mode):
     mask[2] = 0  # a sequence with no counted tokens
     mask[5, 3:] = 0  # trailing padding
 
+    weights = _weights(mode, mask)
     full_in = vals.clone().requires_grad_()
-    full = aggregate(full_in, mask, mode)
+    full = aggregate(full_in, mask, mode, **weights)
     full.backward()
 
     norms = _norms_for(mode, mask)
     micro_in = vals.clone().requires_grad_()
     total = 0.0
     for sl in (slice(0, 3), slice(3, B)):
-        total = total + aggregate(micro_in[sl], mask[sl], mode, **norms)
+        total = total + aggregate(micro_in[sl], mask[sl], mode, **norms, **_sliced(weights, sl))
     total.backward()
 
     torch.testing.assert_close(total, full)
@@ -418,9 +433,10 @@ def test_policy_loss_micro_batches_equal_full_batch(mode):
     mask[1] = 0
     common = dict(kl_coef=0.05, agg_mode=mode, dual_clip_c=3.0, clip_high=0.28)
 
+    weights = _weights(mode, mask)
     full_lp = lp.clone().requires_grad_()
     full = clipped_policy_loss(
-        PolicyLossInput(logp=full_lp, old_logp=old, advantages=adv, mask=mask, ref_logp=ref, **common)
+        PolicyLossInput(logp=full_lp, old_logp=old, advantages=adv, mask=mask, ref_logp=ref, **common, **weights)
     ).loss
     full.backward()
 
@@ -431,7 +447,7 @@ def test_policy_loss_micro_batches_equal_full_batch(mode):
         total = total + clipped_policy_loss(
             PolicyLossInput(
                 logp=micro_lp[sl], old_logp=old[sl], advantages=adv[sl], mask=mask[sl],
-                ref_logp=ref[sl], **common, **norms,
+                ref_logp=ref[sl], **common, **norms, **_sliced(weights, sl),
             )
         ).loss
     total.backward()

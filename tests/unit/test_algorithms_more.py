@@ -17,6 +17,7 @@ from algorithms import (
     kl_estimate,
     kl_penalty,
 )
+from algorithms.aggregation import PROMPT_MODES, prompt_token_weights
 from algorithms.contract import spread
 from algorithms.nft import NFTOptions, nft_advantages, nft_policy_loss
 from algorithms.ppo import gae_advantages, outcome_token_rewards, value_loss, whiten
@@ -252,10 +253,12 @@ def test_nft_micro_batches_equal_full_batch_with_kl(agg_mode):
     ref = old + 0.2 * torch.randn(B, T, generator=g, dtype=D)
     adv = nft_advantages(rewards, groups)
     kw = dict(kl_coef=0.05, agg_mode=agg_mode)
+    weight = prompt_token_weights(mask, groups, agg_mode) if agg_mode in PROMPT_MODES else None
 
     def inp(sl, lp, **extra):
         sub = {k: v[sl] for k, v in adv.items()}
-        return _nft_input(lp, old[sl], mask[sl], sub, ref_logp=ref[sl], **kw, **extra)
+        part = None if weight is None else weight[sl]
+        return _nft_input(lp, old[sl], mask[sl], sub, ref_logp=ref[sl], token_weight=part, **kw, **extra)
 
     full_lp = lp0.clone().requires_grad_()
     full = nft_policy_loss(inp(slice(0, B), full_lp))
@@ -267,8 +270,8 @@ def test_nft_micro_batches_equal_full_batch_with_kl(agg_mode):
     torch.testing.assert_close(total, full.loss)
     torch.testing.assert_close(micro_lp.grad, full_lp.grad)
     # KL part equals kl_coef * aggregated estimate
-    no_kl = nft_policy_loss(_nft_input(full_lp, old, mask, adv, agg_mode=agg_mode))
-    kl = aggregate(kl_estimate(full_lp, ref, "k3"), mask, agg_mode)
+    no_kl = nft_policy_loss(_nft_input(full_lp, old, mask, adv, agg_mode=agg_mode, token_weight=weight))
+    kl = aggregate(kl_estimate(full_lp, ref, "k3"), mask, agg_mode, token_weight=weight)
     torch.testing.assert_close(full.loss - no_kl.loss, 0.05 * kl)
 
 

@@ -88,10 +88,12 @@ def model_dir(tmp_path_factory):
 
 
 def _learner_cfg(model_dir: str, **learner) -> dict:
+    """The wire form of a config whose learner (and critic) ranks do not clip gradients."""
     from rlcore.config import config_from_dict
 
     lc = {"num_ranks": 1, "micro_batch_size": 64, "num_threads": 1, "grad_clip": 1e9, **learner}
-    return config_from_dict({"model": {"path": model_dir}, "learner": lc}).to_dict()
+    critic = {k: lc[k] for k in ("num_ranks", "micro_batch_size", "num_threads", "grad_clip")}
+    return config_from_dict({"model": {"path": model_dir}, "learner": lc, "critic": critic}).to_dict()
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +137,8 @@ def _policy_batch(plain_model, batch, temperature, seed, zero_rows=()):
     adv[list(zero_rows)] = 0.0
     out["advantages"] = (adv[:, None] * mask).astype(np.float32)
     # For the prompt-mean-* modes: rows belong to prompts of uneven sizes (3, 1, 4, 2, ...).
-    prompts = torch.tensor(np.repeat(np.arange(len(mask)), [3, 1, 4, 2] * len(mask))[: len(mask)])
+    sizes = ([3, 1, 4, 2] * len(mask))[: len(mask)]
+    prompts = torch.tensor(np.repeat(np.arange(len(mask)), sizes)[: len(mask)])
     out["token_weight"] = prompt_token_weights(torch.from_numpy(mask), prompts, "prompt-mean-token-mean").numpy()
     return out
 
