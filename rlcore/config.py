@@ -49,6 +49,9 @@ class DataConfig:
     arith_min_operands: int = 2
     arith_max_operands: int = 4
     arith_max_operand: int = 9
+    # Each problem draws its operand bound from this list instead (e.g. [9, 99, 999]): widely
+    # spread difficulty, labelled "<operands>x<bound>" (eval/accuracy_d3x99, ...). iid/unseen splits.
+    arith_operand_ranges: list[int] = field(default_factory=list)
     arith_ops: str = "+"
     arith_prompt_template: str = "{problem}="  # the record's prompt; "{problem}" is the expression
     arith_answer_format: Literal["boxed", "plain", "steps", "tool"] = "boxed"  # SFT target style

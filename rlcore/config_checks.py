@@ -46,6 +46,11 @@ def check(cfg: ExperimentConfig, source: str, lines: dict[str, int] | None = Non
         fail("rollout.temperature", "must be >= 0")
     if not 0.0 <= cfg.data.arith_teacher_slip_rate < 1.0:
         fail("data.arith_teacher_slip_rate", f"must be in [0, 1), got {cfg.data.arith_teacher_slip_rate}")
+    if cfg.data.arith_operand_ranges and cfg.data.arith_eval_split == "disjoint":
+        fail("data.arith_operand_ranges", "needs data.arith_eval_split: iid or unseen (the disjoint split "
+             "enumerates the problems of one operand bound)")
+    if any(r < 0 for r in cfg.data.arith_operand_ranges):
+        fail("data.arith_operand_ranges", "bounds must be >= 0")
     if "{problem}" not in cfg.data.arith_prompt_template:
         fail("data.arith_prompt_template", "must contain '{problem}' (where the expression goes)")
     if cfg.eval.sampled_k < 0:

@@ -19,6 +19,7 @@ def load_datasets(cfg: ExperimentConfig) -> tuple[list[dict], list[dict]]:
             min_operands=d.arith_min_operands,
             max_operands=d.arith_max_operands,
             max_operand=d.arith_max_operand,
+            operand_ranges=tuple(d.arith_operand_ranges),
             ops=d.arith_ops,
             answer_format=d.arith_answer_format,
             prompt_template=d.arith_prompt_template,

@@ -45,6 +45,9 @@ class ArithConfig:
     min_operands: int = 2
     max_operands: int = 4
     max_operand: int = 9  # operands are drawn uniformly from [0, max_operand]
+    # Widely spread difficulty: each problem draws its operand bound from this list (e.g. 9, 99,
+    # 999) instead of max_operand; its difficulty is then "<operands>x<bound>" (e.g. "3x99").
+    operand_ranges: tuple[int, ...] = ()
     ops: str = "+"  # operators to draw from, subset of "+-"; evaluated left to right
     answer_format: str = "boxed"  # "boxed" -> \boxed{12}; "plain" -> 12; "steps" -> 3+4=7 7+5=12 \boxed{12}
     # "tool" -> a fenced python block that prints the expression, its output block, \boxed{12}
@@ -53,8 +56,9 @@ class ArithConfig:
     def __post_init__(self) -> None:
         if not (1 <= self.min_operands <= self.max_operands):
             raise ValueError(f"need 1 <= min_operands <= max_operands, got {self.min_operands}, {self.max_operands}")
-        if self.max_operand < 0:
-            raise ValueError(f"max_operand must be >= 0, got {self.max_operand}")
+        if self.max_operand < 0 or any(r < 0 for r in self.operand_ranges):
+            raise ValueError(f"max_operand and operand_ranges must be >= 0, got {self.max_operand}, "
+                             f"{list(self.operand_ranges)}")
         if not self.ops or any(o not in _ALLOWED_OPS for o in self.ops):
             raise ValueError(f"ops must be a non-empty subset of {_ALLOWED_OPS!r}, got {self.ops!r}")
         if self.answer_format not in _FORMATS:
@@ -118,26 +122,28 @@ def _evaluate(nums: list[int], ops: list[str]) -> int:
     return acc
 
 
-def _sample(rng: random.Random, cfg: ArithConfig, k: int | None = None) -> tuple[str, str, int]:
+def _sample(rng: random.Random, cfg: ArithConfig, k: int | None = None) -> tuple[str, str, int | str]:
+    """(problem, answer, difficulty): the operand count, or "<count>x<bound>" with operand_ranges."""
     if k is None:
         k = rng.randint(cfg.min_operands, cfg.max_operands)
-    nums = [rng.randint(0, cfg.max_operand) for _ in range(k)]
+    bound = rng.choice(cfg.operand_ranges) if cfg.operand_ranges else cfg.max_operand
+    nums = [rng.randint(0, bound) for _ in range(k)]
     ops = [rng.choice(cfg.ops) for _ in range(k - 1)]
     problem = str(nums[0]) + "".join(op + str(x) for op, x in zip(ops, nums[1:]))
-    return problem, str(_evaluate(nums, ops)), k
+    return problem, str(_evaluate(nums, ops)), (f"{k}x{bound}" if cfg.operand_ranges else k)
 
 
-def _record(rid: str, problem: str, answer: str, k: int, cfg: ArithConfig) -> dict:
+def _record(rid: str, problem: str, answer: str, difficulty: int | str, cfg: ArithConfig) -> dict:
     return {
         "id": rid,
         "prompt": format_prompt(problem, cfg),
         "answer": answer,
-        "difficulty": k,
+        "difficulty": difficulty,
         "metadata": {
             "task": "arith",
             "problem": problem,
-            "difficulty": k,
-            "num_operands": k,
+            "difficulty": difficulty,
+            "num_operands": problem.count("+") + problem.count("-") + 1,
             "answer_format": cfg.answer_format,
         },
     }
@@ -226,6 +232,9 @@ def train_eval_split(
     200-problem eval set holds out roughly two thirds of them; the model has to generalise.
     """
     cfg = cfg or ArithConfig()
+    if cfg.operand_ranges:
+        raise ValueError("the disjoint split enumerates one operand bound; with operand_ranges use "
+                         "arith_eval_split: iid or unseen")
     space = problem_space_size(cfg)
     if n_eval >= space:
         raise ValueError(f"n_eval={n_eval} leaves no training problems: only {space} distinct problems exist")

@@ -458,3 +458,29 @@ def test_unclosed_slip_is_the_default_and_the_verifier_rejects_it():
             assert target == "\\boxed{" + r["answer"] and not verdict
         else:
             assert verdict
+
+
+def test_operand_ranges_spread_difficulty_and_label_it():
+    from rlcore.data.arith import ArithConfig, generate_problems, train_eval_split
+
+    cfg = ArithConfig(min_operands=2, max_operands=4, operand_ranges=(9, 99, 999))
+    recs = generate_problems(600, 3, cfg)
+    labels = {r["difficulty"] for r in recs}
+    assert labels == {f"{k}x{b}" for k in (2, 3, 4) for b in (9, 99, 999)}
+    for r in recs:
+        k, bound = map(int, r["difficulty"].split("x"))
+        nums = [int(x) for x in r["metadata"]["problem"].split("+")]
+        assert len(nums) == k == r["metadata"]["num_operands"] and max(nums) <= bound
+        assert int(r["answer"]) == sum(nums)
+    assert max(int(x) for r in recs for x in r["metadata"]["problem"].split("+")) > 99
+    with pytest.raises(ValueError, match="operand_ranges"):
+        train_eval_split(0, 10, 10, cfg)
+
+
+def test_operand_ranges_with_the_disjoint_split_fail_at_config_load():
+    from rlcore.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="data.arith_operand_ranges: needs data.arith_eval_split"):
+        load_config(None, ["model.path=x", "data.arith_operand_ranges=[9, 99]"])
+    cfg = load_config(None, ["model.path=x", "data.arith_operand_ranges=[9, 99]", "data.arith_eval_split=iid"])
+    assert cfg.data.arith_operand_ranges == [9, 99]
