@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
 
 import numpy as np
 
-from rlcore.plugins import OptionError, PluginError, is_import_path, load_object
+from rlcore.plugins import OptionError, resolve
 
 
 T = TypeVar("T")
@@ -209,16 +209,9 @@ def register_allocator(name: str) -> Callable[[T], T]:
 def get_allocator(name: str) -> type:
     """A registered name, or ``module:ATTR`` / ``path/to/file.py:ATTR`` naming a SampleAllocator
     subclass."""
-    if is_import_path(name):
-        found = load_object(name, "allocator")
-        if not (isinstance(found, type) and issubclass(found, SampleAllocator)):
-            raise PluginError(f"allocator spec {name!r} names {found!r}, not a SampleAllocator subclass")
-        return found
-    try:
-        return _ALLOCATORS[name]
-    except KeyError:
-        raise KeyError(f"unknown allocator {name!r}; available: {', '.join(list_allocators())} "
-                       "(or name one by import path, 'module:ATTR' or 'path/to/file.py:ATTR')") from None
+    return resolve(name, _ALLOCATORS, "allocator",
+                   lambda found: isinstance(found, type) and issubclass(found, SampleAllocator),
+                   "a SampleAllocator subclass")
 
 
 def list_allocators() -> List[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Dict, List
 
-from rlcore.plugins import PluginError, is_import_path, load_object
+from rlcore.plugins import resolve
 
 from .contract import Algorithm
 
@@ -32,17 +32,8 @@ def register_algorithm(algorithm: Algorithm) -> Algorithm:
 def get_algorithm(name: str) -> Algorithm:
     """A registered name, or ``module:ATTR`` / ``path/to/file.py:ATTR`` naming an Algorithm.
     Raises KeyError (unknown name) or PluginError (bad path) with what is available."""
-    if is_import_path(name):
-        found = load_object(name, "algorithm")
-        if not isinstance(found, Algorithm):
-            raise PluginError(f"algorithm spec {name!r} names a {type(found).__name__}, not an "
-                              "algorithms.contract.Algorithm")
-        return found
-    try:
-        return _ALGORITHMS[name]
-    except KeyError:
-        raise KeyError(f"unknown algorithm {name!r}; registered: {', '.join(list_algorithms())} "
-                       "(or name one by import path, 'module:ATTR' or 'path/to/file.py:ATTR')") from None
+    return resolve(name, _ALGORITHMS, "algorithm", lambda found: isinstance(found, Algorithm),
+                   "an algorithms.contract.Algorithm")
 
 
 def list_algorithms() -> List[str]:

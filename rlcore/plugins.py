@@ -16,7 +16,7 @@ import importlib.util
 import os
 import sys
 import threading
-from typing import Any
+from typing import Any, Callable
 
 _LOCK = threading.Lock()
 _FILE_MODULES: dict[str, Any] = {}
@@ -48,6 +48,21 @@ def plugin_file(spec: str) -> str | None:
 
 def looks_like_file(target: str) -> bool:
     return target.endswith(".py") or "/" in target or os.sep in target
+
+
+def resolve(name: str, registry: dict[str, Any], what: str, accepts: Callable[[Any], bool], expected: str) -> Any:
+    """`registry[name]`, or for an import path the object it names, checked with `accepts`.
+    Raises KeyError (unknown name, listing the registered ones) or PluginError."""
+    if is_import_path(name):
+        found = load_object(name, what)
+        if not accepts(found):
+            raise PluginError(f"{what} spec {name!r} names {found!r}, not {expected}")
+        return found
+    try:
+        return registry[name]
+    except KeyError:
+        raise KeyError(f"unknown {what} {name!r}; registered: {', '.join(sorted(registry))} "
+                       "(or name one by import path, 'module:ATTR' or 'path/to/file.py:ATTR')") from None
 
 
 def load_object(spec: str, what: str) -> Any:

@@ -118,7 +118,7 @@ def test_registry_and_typed_options():
     from rlcore.plugins import OptionError
 
     assert {"uniform", "dapo_filter", "gvm", "difficulty"} <= set(list_allocators())
-    with pytest.raises(KeyError, match="available: .*uniform"):
+    with pytest.raises(KeyError, match="registered: .*uniform"):
         get_allocator("nope")
     a = make("dapo_filter", max_rounds=7)
     assert a.name == "dapo_filter" and a.max_rounds == 7 and a.n_samples == 8
@@ -276,3 +276,35 @@ def test_state_dict_round_trip_gives_identical_allocations():
         assert b.needs_presample(keys) == a.needs_presample(keys)
     with pytest.raises(ValueError, match="version"):
         make("gvm").load_state_dict({"version": 99})
+
+
+def test_an_allocator_from_a_file_with_typed_options_from_the_config(tmp_path):
+    from rlcore.config import ConfigError, load_config
+
+    (tmp_path / "first_heavy.py").write_text(
+        "from dataclasses import dataclass\n"
+        "from algorithms.allocators import SampleAllocator\n"
+        "from rlcore.plugins import OptionError\n\n"
+        "@dataclass(frozen=True)\n"
+        "class Opts:\n"
+        "    extra: int = 2\n"
+        "    def __post_init__(self):\n"
+        "        if self.extra < 0:\n"
+        "            raise OptionError('extra', 'must be >= 0')\n\n"
+        "class FirstHeavy(SampleAllocator):\n"
+        "    Options = Opts\n"
+        "    def _allocate(self, keys, budget):\n"
+        "        rest = budget - self.options.extra\n"
+        "        return [rest // len(keys) + self.options.extra] + [rest // len(keys)] * (len(keys) - 1)\n\n"
+        "NOT_AN_ALLOCATOR = 3\n")
+    config = tmp_path / "exp.yaml"
+    config.write_text("model:\n  path: x\nallocation:\n  name: first_heavy.py:FirstHeavy\n  options:\n    extra: 4\n")
+    cfg = load_config(config)
+    assert cfg.allocation.name == f"{tmp_path / 'first_heavy.py'}:FirstHeavy"  # relative to the config
+    allocator = get_allocator(cfg.allocation.name)(cfg.allocation.options, n_samples=8)
+    assert allocator.allocate(["a", "b"], 16) == [10, 6]
+    config.write_text(config.read_text().replace("extra: 4", "extra: -1"))
+    with pytest.raises(ConfigError, match=r"exp\.yaml:6: allocation\.options\.extra: must be >= 0"):
+        load_config(config)
+    with pytest.raises(ConfigError, match="allocation.name: .*names 3, not a SampleAllocator subclass"):
+        load_config(None, ["model.path=x", f"allocation.name={tmp_path / 'first_heavy.py'}:NOT_AN_ALLOCATOR"])
