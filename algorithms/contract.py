@@ -11,7 +11,8 @@ An algorithm is one file that defines
 
 and bundles them in an :class:`Algorithm`. The config names it by registered name or by import
 path (``module:ATTR``, ``path/to/file.py:ATTR``); the driver and every learner resolve that
-name themselves (rlcore/plugins.py), so nothing but the name crosses process boundaries.
+name themselves (rlcore/plugins.py), so only the name and the options' plain values (the
+config's wire form) cross process boundaries, never the code.
 
 The framework owns everything around these two functions: sampling, the KL reference and its
 penalty (``algorithm.kl_coef``, ``kl_mode``), old log-probs, critic values, aggregation,
@@ -24,7 +25,7 @@ from typing import Any, Callable, Dict, Optional
 
 from torch import Tensor
 
-from rlcore.plugins import OptionError
+from rlcore.plugins import OptionError  # noqa: F401 (part of the contract: algorithms.OptionError)
 
 from .policy_loss import PolicyLossInput, PolicyLossOutput
 
