@@ -56,6 +56,21 @@ def model_dir(tmp_path_factory):
                                 hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128))
 
 
+def _reference_gvm_norms(plain, batch, groups) -> list[float]:
+    """GVM's G_i in one process: per group, the gradient norm of its rows' token-mean NLL."""
+    norms = []
+    for g in sorted(set(groups)):
+        idx = np.flatnonzero(np.asarray(groups) == g)
+        part = {k: v[idx] for k, v in batch.items()}
+        plain.zero_grad(set_to_none=True)
+        logp, _ = _reference_logp(plain, part, 1.0)
+        m = torch.from_numpy(part["loss_mask"])
+        (-(logp * m).sum() / m.sum()).backward()
+        norms.append(float(torch.linalg.vector_norm(torch.stack(
+            [torch.linalg.vector_norm(p.grad) for p in plain.parameters()]))))
+    return norms
+
+
 def test_two_ranks_with_different_pass_counts_match_one_process(model_dir):
     from rollout.model_io import load_causal_lm
 
@@ -91,16 +106,7 @@ def test_two_ranks_with_different_pass_counts_match_one_process(model_dir):
     ours = np.concatenate([results[0]["logp"], results[1]["logp"]])
     np.testing.assert_allclose(ours * mask, ref_logp.detach().numpy() * mask, rtol=RTOL, atol=1e-5)
 
-    ref_norms = []
-    for g in sorted(set(GROUPS)):
-        idx = np.flatnonzero(np.asarray(GROUPS) == g)
-        part = {k: v[idx] for k, v in batch.items()}
-        plain.zero_grad(set_to_none=True)
-        logp, _ = _reference_logp(plain, part, 1.0)
-        m = torch.from_numpy(part["loss_mask"])
-        (-(logp * m).sum() / m.sum()).backward()
-        ref_norms.append(float(torch.linalg.vector_norm(torch.stack(
-            [torch.linalg.vector_norm(p.grad) for p in plain.parameters()]))))
+    ref_norms = _reference_gvm_norms(plain, batch, GROUPS)
     for rank in range(2):
         np.testing.assert_allclose(results[rank]["gvm"], ref_norms, rtol=1e-4)
 
@@ -186,16 +192,7 @@ def test_gvm_norms_and_the_critic_with_uneven_passes_on_two_ranks(model_dir):
                                                    gvm_batch, shards))
 
     plain, _ = load_causal_lm(model_dir, "float32", "cpu", gvm_cfg["model"]["attn_implementation"])
-    ref_norms = []
-    for g in sorted(set(GVM_GROUPS)):
-        idx = np.flatnonzero(np.asarray(GVM_GROUPS) == g)
-        part = {k: v[idx] for k, v in gvm_batch.items()}
-        plain.zero_grad(set_to_none=True)
-        logp, _ = _reference_logp(plain, part, 1.0)
-        m = torch.from_numpy(part["loss_mask"])
-        (-(logp * m).sum() / m.sum()).backward()
-        ref_norms.append(float(torch.linalg.vector_norm(torch.stack(
-            [torch.linalg.vector_norm(p.grad) for p in plain.parameters()]))))
+    ref_norms = _reference_gvm_norms(plain, gvm_batch, GVM_GROUPS)
     for rank in range(2):
         np.testing.assert_allclose(results[rank]["gvm"], ref_norms, rtol=1e-4)
 
