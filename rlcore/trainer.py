@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import ray
-import torch
 
 from algorithms import get_algorithm
 from algorithms.allocators import get_allocator
