@@ -63,6 +63,9 @@ class WeightedOptions:
 class GvmOptions(WeightedOptions):
     alpha: float = 1e-3
     beta: float = 2.0
+    # Weight 0 for prompts whose every pre-sample was accepted: no GRPO advantage there (the
+    # paper's RAFT objective still learns from them, so off by default).
+    exclude_solved: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -451,6 +454,8 @@ class GvmAllocator(_WeightedAllocator):
         return s is not None and s.grad_norm is not None
 
     def _weight(self, s: PromptStats) -> Optional[float]:
+        if self.options.exclude_solved and s.accept_rate >= 1.0:
+            return 0.0
         return float(gvm_scores([s.accept_rate], [s.grad_norm], self.options.alpha, self.options.beta)[0])
 
 

@@ -169,6 +169,9 @@ class AllocationConfig:
 
     name: str = "uniform"  # uniform | dapo_filter | gvm | difficulty | an import path
     options: Any = None  # after load: the allocator's Options object
+    # Steps per allocation chunk (GVM-RAFT): the next `every` steps' prompts are pre-sampled and
+    # allocated together at the chunk's first step. 1 = allocate each step's prompts on their own.
+    every: int = 1
 
 
 @dataclass

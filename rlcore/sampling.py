@@ -49,31 +49,64 @@ def prompt_key(record: dict) -> str:
     return str(record.get("id") or record["prompt"])
 
 
+@dataclass
+class PlannedPrompt:
+    """A prompt of a later step of the current chunk, with the samples allocated to it."""
+
+    record: dict
+    count: int
+    next_sample: int
+
+
 class GroupSampler:
-    def __init__(self, allocator, source, renderer, prompts_per_step: int, n_samples: int):
+    """Carries out the allocator's plan each step.
+
+    With ``every > 1`` (``allocation.every``) the plan covers a chunk of that many steps, as in
+    GVM-RAFT: the chunk's prompts are drawn and pre-sampled at its first step, the chunk's whole
+    budget is allocated over them at once, and each step then generates its prompts' shares.
+    """
+
+    def __init__(self, allocator, source, renderer, prompts_per_step: int, n_samples: int, every: int = 1):
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        if every > 1 and (allocator.max_rounds > 1 or (allocator.reuse_presamples and allocator.presample_n)):
+            raise ValueError("a chunk plan (every > 1) needs an allocator with one generation round per step "
+                             "whose pre-samples are not trained on")
         self.allocator = allocator
         self.source = source
         self.renderer = renderer
         self.prompts_per_step = prompts_per_step
         self.n_samples = n_samples
+        self.every = every
+        self.plan: list[list[PlannedPrompt]] = []  # the current chunk's later steps
         # The allocator's own settings: how many pre-samples a prompt without statistics gets.
         self.presample_n = allocator.presample_n
         self.reuse_presamples = allocator.reuse_presamples
 
+    def state_dict(self) -> dict:
+        return {"plan": [[vars(p) for p in step] for step in self.plan]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.plan = [[PlannedPrompt(**p) for p in step] for step in state.get("plan", [])]
+
     def sample(self, seed: SeedFn, generate: GenerateFn, score: ScoreFn,
                grad_norms: GradNormFn | None = None) -> tuple[list[Group], dict]:
         """Groups to train on (at most prompts_per_step) and sampling metrics."""
-        target = self.prompts_per_step
         self.allocator.start_step()
+        if self.every > 1:
+            return self._sample_planned(seed, generate, score, grad_norms)
+        target = self.prompts_per_step
         kept: list[Group] = []
-        generated = dropped_samples = rounds = 0
+        generated = presampled = dropped_samples = rounds = 0
         sampled_counts: list[int] = []
         for rnd in range(max(1, self.allocator.max_rounds)):
             rounds += 1
             records = self.source.next_batch()
             groups = [Group(r, self.renderer.ids(r)) for r in records]
             offset = rnd * len(records)  # distinct seeds for prompts of later rounds
-            generated += self._presample(groups, offset, seed, generate, score, grad_norms)
+            made = self._presample(groups, offset, seed, generate, score, grad_norms)
+            generated += made
+            presampled += made
             keys = [prompt_key(g.record) for g in groups]
             counts = self.allocator.allocate(keys, len(groups) * self.n_samples)
             generated += self._fill(groups, counts, offset, seed, generate, score)
@@ -90,16 +123,43 @@ class GroupSampler:
         wasted = dropped_samples + sum(len(g.completions) for g in surplus)
         if hasattr(self.allocator, "record_round"):
             self.allocator.record_round(generated, sum(len(g.completions) for g in kept), wasted)
-        metrics = {
+        return kept, self._metrics(generated, presampled, wasted, rounds, len(kept), sampled_counts)
+
+    def _sample_planned(self, seed, generate, score, grad_norms) -> tuple[list[Group], dict]:
+        presampled = 0
+        if not self.plan:
+            presampled = self._plan_chunk(seed, generate, score, grad_norms)
+        step = self.plan.pop(0)
+        groups = [Group(p.record, self.renderer.ids(p.record), next_sample=p.next_sample) for p in step]
+        counts = [p.count for p in step]
+        generated = presampled + self._fill(groups, counts, 0, seed, generate, score)
+        kept = [g for g in groups if g.completions]
+        self.allocator.record_round(generated, sum(len(g.completions) for g in kept), 0)
+        return kept, self._metrics(generated, presampled, 0, 1, len(kept), counts)
+
+    def _plan_chunk(self, seed, generate, score, grad_norms) -> int:
+        """Draw the chunk's prompts, pre-sample them, allocate the chunk's budget; returns pre-samples made."""
+        batches = [self.source.next_batch() for _ in range(self.every)]
+        groups = [Group(r, self.renderer.ids(r)) for batch in batches for r in batch]
+        presampled = self._presample(groups, 0, seed, generate, score, grad_norms)
+        counts = self.allocator.allocate([prompt_key(g.record) for g in groups], len(groups) * self.n_samples)
+        planned = [PlannedPrompt(g.record, int(c), g.next_sample) for g, c in zip(groups, counts)]
+        bounds = np.cumsum([0] + [len(b) for b in batches])
+        self.plan = [planned[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        return presampled
+
+    @staticmethod
+    def _metrics(generated, presampled, wasted, rounds, kept, sampled_counts) -> dict:
+        return {
             "samples/step_generated": generated,
+            "samples/step_presampled": presampled,
             "samples/wasted": wasted,
             "samples/rounds": rounds,
-            "samples/groups_kept": len(kept),
+            "samples/groups_kept": kept,
             "samples/per_prompt_min": int(min(sampled_counts)),
             "samples/per_prompt_max": int(max(sampled_counts)),
             "samples/per_prompt_std": float(np.std(sampled_counts)),
         }
-        return kept, metrics
 
     def _presample(self, groups, offset, seed, generate, score, grad_norms) -> int:
         """Estimate acceptance rate (and gradient norm) for prompts the allocator knows nothing of."""

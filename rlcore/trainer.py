@@ -69,7 +69,7 @@ class Trainer:
         self.source = PromptSource(self.train_records, cfg.rollout.prompts_per_step, seed=cfg.seed, drop_last=True)
         self.allocator = get_allocator(cfg.allocation.name)(cfg.allocation.options, cfg.rollout.n_samples)
         self.sampler = GroupSampler(self.allocator, self.source, self.renderer, cfg.rollout.prompts_per_step,
-                                    cfg.rollout.n_samples)
+                                    cfg.rollout.n_samples, every=cfg.allocation.every)
         self.update = UpdateBuilder(cfg, self.algorithm, self.pad_id)
         self.critic = None
         self.tools = None
@@ -225,6 +225,7 @@ class Trainer:
             self.critic.call("load_checkpoint", str(path))
         self.source.load_state_dict(state["source"])
         self.allocator.load_state_dict(state["allocator"])
+        self.sampler.load_state_dict(state.get("sampler", {}))
         ckpt.restore_rng(state["rng"])
         self.step = state["step"]
         self.samples_generated = state["samples_generated"]
@@ -489,6 +490,7 @@ class Trainer:
             "step": self.step, "source": self.source.state_dict(), "rng": ckpt.capture_rng(),
             "samples_generated": self.samples_generated, "wall_time_s": self._elapsed(start),
             "rollout_restarts": self.engines.restarts, "eval_history": self.eval_history, "allocator": self.allocator.state_dict(),
+            "sampler": self.sampler.state_dict(),
         }
 
         ahead = self.pipeline.ahead()  # batches generated for later steps: a resume trains on them

@@ -165,3 +165,78 @@ def test_sampling_is_deterministic(name):
         return [(g.record["id"], [c.token_ids for c in g.completions]) for g in groups]
 
     assert run() == run()
+
+
+def chunk_sampler(records, every=3, prompts=4, **options):
+    cls = get_allocator("gvm")
+    alloc = cls(cls.Options(**{"presample_n": 4, "min_samples": 0, "max_samples": 12, "reuse_presamples": False,
+                               **options}), n_samples=4)
+    source = PromptSource(records, prompts, seed=0, drop_last=True)
+    return GroupSampler(alloc, source, Renderer(), prompts, 4, every=every)
+
+
+def test_a_chunk_is_presampled_and_allocated_once_then_served_step_by_step():
+    rates = [0.1, 0.9, 0.5, 0.3, 0.7, 0.5, 0.2, 0.8, 0.6, 0.4, 0.5, 0.5] * 2
+    world = FakeWorld(rates)
+    s = chunk_sampler(make_records(24))
+    norms = lambda prompt_ids, accepted: [1.0 + p[-1] for p in prompt_ids]  # noqa: E731
+    groups, m = s.sample(seed_fn, world.generate, world.score, norms)
+    # The first step pre-samples all 3 steps' 12 prompts and allocates their 48-sample budget at once.
+    assert m["samples/step_presampled"] == 48
+    plan = s.allocator.last_allocation
+    assert len(plan) == 12 and sum(plan) == 48 and len(set(plan)) > 1
+    served = {g.record["id"]: len(g.completions) for g in groups}
+    assert m["samples/step_generated"] == 48 + sum(served.values())
+    first_step_seeds = [r.seed for r in world.requests]
+    assert len(first_step_seeds) == len(set(first_step_seeds))  # fills continue after the pre-samples' seeds
+    steps = [served]
+    for _ in range(2):
+        before = len(world.requests)
+        groups, m = s.sample(seed_fn, world.generate, world.score, norms)
+        assert m["samples/step_presampled"] == 0 and len(world.requests) - before == m["samples/step_generated"]
+        steps.append({g.record["id"]: len(g.completions) for g in groups})
+    # Steps serve the chunk's prompts in draw order with the counts allocated at its start.
+    chunk = [r["id"] for r in PromptSource(make_records(24), 4, seed=0, drop_last=True).next_batch()]
+    assert list(steps[0]) == [k for k, n in zip(chunk, plan[:4]) if n > 0]
+    assert sum(sum(st.values()) for st in steps) == 48
+    _, m = s.sample(seed_fn, world.generate, world.score, norms)
+    assert m["samples/step_presampled"] == 48  # the next chunk's new prompts are pre-sampled and planned anew
+
+
+def test_a_chunk_plan_survives_a_checkpoint():
+    def fresh():
+        return chunk_sampler(make_records(12))
+
+    world = FakeWorld([0.1, 0.9, 0.5, 0.3, 0.7, 0.5, 0.2, 0.8, 0.6, 0.4, 0.5, 0.5])
+    norms = lambda prompt_ids, accepted: [1.0] * len(prompt_ids)  # noqa: E731
+    a = fresh()
+    a.sample(seed_fn, world.generate, world.score, norms)
+    import json
+    state = json.loads(json.dumps({"sampler": a.state_dict(), "source": a.source.state_dict(),
+                                   "allocator": a.allocator.state_dict()}))
+    b = fresh()
+    b.load_state_dict(state["sampler"])
+    b.source.load_state_dict(state["source"])
+    b.allocator.load_state_dict(state["allocator"])
+    for _ in range(3):  # the rest of the chunk, then the next chunk's first step
+        ga, ma = a.sample(seed_fn, world.generate, world.score, norms)
+        gb, mb = b.sample(seed_fn, world.generate, world.score, norms)
+        assert ma == mb
+        assert [(g.record["id"], [c.token_ids for c in g.completions]) for g in ga] == \
+               [(g.record["id"], [c.token_ids for c in g.completions]) for g in gb]
+
+
+def test_gvm_exclude_solved_gives_always_solved_prompts_no_samples():
+    world = FakeWorld([1.0, 0.5, 0.5, 0.5])
+    s = chunk_sampler(make_records(4), every=1, exclude_solved=True)
+    groups, _ = s.sample(seed_fn, world.generate, world.score, lambda p, a: [1.0] * len(p))
+    assert "p0" not in {g.record["id"] for g in groups}
+    assert s.allocator.stats["p0"].accept_rate == 1.0
+    assert sum(len(g.completions) for g in groups) == 16
+
+
+def test_a_chunk_plan_refuses_allocators_that_train_on_presamples_or_refill():
+    with pytest.raises(ValueError, match="one generation round"):
+        sampler_every = GroupSampler(allocator("gvm"), None, Renderer(), 4, 4, every=2)  # noqa: F841
+    with pytest.raises(ValueError, match="one generation round"):
+        GroupSampler(allocator("dapo_filter"), None, Renderer(), 4, 4, every=2)
