@@ -89,6 +89,34 @@ def test_nft_with_gvm_allocation_trains_on_uneven_groups(ray_cluster, make_confi
         assert np.isfinite(r["train/loss"])
 
 
+def test_gvm_chunk_plan_spans_steps_and_resumes_exactly_mid_chunk(ray_cluster, make_config):
+    """allocation.every: 2 pre-samples and allocates two steps' prompts at once; a checkpoint
+    between them carries the plan, so the resumed run serves the same prompts and counts."""
+    common = dict(
+        algorithm__name="grpo", rollout__n_samples=6, learner__num_ranks=1, eval__every=0,
+        trainer__checkpoint_every=1,
+        allocation={"name": "gvm", "every": 2,
+                    "options": {"presample_n": 2, "min_samples": 0, "max_samples": 12, "reuse_presamples": False}},
+    )
+    straight = make_config(name="chunk_straight", trainer__total_steps=3, **common)
+    Trainer(straight, reward=parity_reward).run()
+    split = make_config(name="chunk_split", trainer__total_steps=1, **common)
+    Trainer(split, reward=parity_reward).run()
+    Trainer(make_config(name="chunk_split", trainer__total_steps=3, resume="latest", **common),
+            reward=parity_reward).run()
+
+    def steps(run_dir):
+        return {r["step"]: {k: v for k, v in r.items() if k.startswith(("samples/", "reward/mean", "train/loss"))}
+                for r in rows(run_dir) if r["step"] > 0 and "samples/step_generated" in r}
+
+    a, b = steps(straight.run_dir), steps(split.run_dir)
+    assert sorted(a) == [1, 2, 3] and a == b
+    # Steps 1 and 3 start chunks (4 prompts x 2 steps x 2 pre-samples); step 2 only spends its share.
+    assert [a[s]["samples/step_presampled"] for s in (1, 2, 3)] == [16, 0, 16]
+    plan = sum(a[s]["samples/step_generated"] - a[s]["samples/step_presampled"] for s in (1, 2))
+    assert plan == 2 * 4 * 6  # the chunk's budget, however it was split between its steps
+
+
 def test_nft_with_dapo_filter_and_kl_as_reward_penalty(ray_cluster, make_config):
     cfg = make_config(
         name="nft", algorithm={"name": "nft", "kl_coef": 0.01, "kl_mode": "reward"},
