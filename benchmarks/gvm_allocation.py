@@ -8,8 +8,12 @@ target accuracy, the samples each needed and the ratio uniform / GVM (> 1: GVM n
 Accuracy is the spec's held-out metric, evaluated every `eval.every` steps, so "samples to reach"
 is resolved only to one eval interval.
 
-    python benchmarks/gvm_allocation.py [--spec experiments/compare_arith.yaml]
-        [--pairs grpo:grpo_gvm,raftpp:raftpp_gvm] [--targets 0.25,0.3,0.35,0.4] [--report-only]
+Last, per pair, the headline: per seed, the samples each arm needed to reach the best accuracy
+the weaker arm reached, their ratio, and its mean over seeds (pre-samples counted; the lines
+before it also give the ratio with GVM's pre-samples left out).
+
+    python benchmarks/gvm_allocation.py [--spec experiments/compare_gvm_spread.yaml]
+        [--pairs grpo:grpo_gvm] [--targets 0.25,0.3,0.35,0.4] [--report-only]
 """
 from __future__ import annotations
 
@@ -27,11 +31,36 @@ from rlcore.compare import load_spec, run_compare, run_id  # noqa: E402
 from rlcore.report import eval_points  # noqa: E402
 
 
-def samples_to_reach(points: list[dict], target: float) -> int | None:
+def samples_to_reach(points: list[dict], target: float, key: str = "samples") -> int | None:
     for p in points:
         if p["accuracy"] >= target:
-            return int(p["samples"])
+            return int(p[key])
     return None
+
+
+def weaker_arm_target(a: list[dict], b: list[dict]) -> float | None:
+    """The best accuracy the weaker arm reached (so both reached it); None unless it is above the
+    start, where both arms stand at 0 samples."""
+    if not a or not b:
+        return None
+    target = min(max(p["accuracy"] for p in a), max(p["accuracy"] for p in b))
+    return target if target > max(a[0]["accuracy"], b[0]["accuracy"]) else None
+
+
+def weaker_arm_ratios(spec, uniform: str, gvm: str, key: str = "samples") -> list[dict]:
+    """Per seed: samples uniform / GVM to the weaker arm's best accuracy (> 1: GVM needed fewer).
+    key="samples" counts every generation; "trained" leaves out GVM's pre-samples."""
+    out = []
+    for seed in spec.seeds:
+        pts = [load_points(spec.runs_dir / run_id(name, seed), spec.metric) for name in (uniform, gvm)]
+        for points in pts:
+            for p in points:
+                p["trained"] = p["samples"] - p.get("presampled", 0)
+        target = weaker_arm_target(*pts)
+        a, b = (samples_to_reach(p, target, key) if target is not None else None for p in pts)
+        out.append({"seed": seed, "target": target, "uniform_samples": a, "gvm_samples": b,
+                    "ratio": a / b if a and b else None})
+    return out
 
 
 def load_points(run_dir: Path, metric: str) -> list[dict]:
@@ -61,8 +90,8 @@ def compare_pair(spec, uniform: str, gvm: str, targets: list[float]) -> list[dic
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--spec", default=str(ROOT / "experiments" / "compare_arith.yaml"))
-    ap.add_argument("--pairs", default="grpo:grpo_gvm,raftpp:raftpp_gvm")
+    ap.add_argument("--spec", default=str(ROOT / "experiments" / "compare_gvm_spread.yaml"))
+    ap.add_argument("--pairs", default="grpo:grpo_gvm")
     ap.add_argument("--targets", default="0.25,0.3,0.35,0.4")
     ap.add_argument("--report-only", action="store_true", help="read existing runs, train nothing")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
@@ -85,8 +114,25 @@ def main(argv: list[str] | None = None) -> int:
             if f:
                 print(f"final held-out accuracy, seed {seed}: {u} {f['uniform_final']} after "
                       f"{f['uniform_total_samples']} samples, {g} {f['gvm_final']} after {f['gvm_total_samples']} samples")
+    summary = {}
+    for u, g in pairs:
+        for key, label in (("trained", "trained-on samples (pre-samples left out)"), ("samples", "samples")):
+            per_seed = weaker_arm_ratios(spec, u, g, key)
+            summary[f"{u}:{g}:{key}"] = per_seed
+            for r in per_seed:
+                target = "-" if r["target"] is None else f"{r['target']:.3f}"
+                ratio = "n/a (the weaker arm never rose above the start)" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+                print(f"{label}, {u} vs {g}, seed {r['seed']}: weaker arm's best {target}: "
+                      f"{fmt(r['uniform_samples'])} vs {fmt(r['gvm_samples'])} -> {ratio}")
     if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=2))
+        Path(args.out).write_text(json.dumps({"rows": rows, "weaker_arm": summary}, indent=2))
+    for u, g in pairs:  # last: the headline, every generation counted
+        ratios = [r["ratio"] for r in summary[f"{u}:{g}:samples"] if r["ratio"] is not None]
+        if ratios:
+            print(f"samples-to-target uniform/GVM: mean {sum(ratios) / len(ratios):.2f}x over {len(ratios)} seeds "
+                  f"({u} vs {g}, range {min(ratios):.2f}-{max(ratios):.2f}x, every generation counted)")
+        else:
+            print(f"samples-to-target uniform/GVM: no seed where the weaker arm rose above the start ({u} vs {g})")
     return 0
 
 

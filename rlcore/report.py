@@ -43,14 +43,15 @@ def mean_t_interval(values: list[float]) -> tuple[float, float, float]:
 
 def eval_points(rows: list[dict], metric: str) -> list[dict]:
     """Eval rows with cumulative samples and wall time; missing counters carry forward (step 0 -> 0)."""
-    samples, wall, out = 0, 0.0, []
+    samples, presampled, wall, out = 0, 0, 0.0, []
     for row in rows:
         if row.get("samples/generated") is not None:
             samples = row["samples/generated"]
+        presampled += row.get("samples/step_presampled") or 0  # allocation's pre-samples, within `samples`
         if row.get("time/wall_s") is not None:
             wall = row["time/wall_s"]
         if row.get(metric) is not None:
-            out.append({"step": row.get("step"), "samples": samples, "wall_s": wall,
+            out.append({"step": row.get("step"), "samples": samples, "presampled": presampled, "wall_s": wall,
                         "accuracy": row[metric], "num_prompts": row.get("eval/num_prompts")})
     return out
 
