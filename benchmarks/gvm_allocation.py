@@ -13,7 +13,7 @@ the weaker arm reached, their ratio, and its mean over seeds (pre-samples counte
 before it also give the ratio with GVM's pre-samples left out).
 
     python benchmarks/gvm_allocation.py [--spec experiments/compare_gvm_spread.yaml]
-        [--pairs grpo:grpo_gvm] [--targets 0.25,0.3,0.35,0.4] [--report-only]
+        [--pairs grpo:grpo_gvm,grpo:grpo_gvm_xs,raftpp:raftpp_gvm] [--targets 0.25,0.3,0.35,0.4] [--report-only]
 """
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ def compare_pair(spec, uniform: str, gvm: str, targets: list[float]) -> list[dic
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--spec", default=str(ROOT / "experiments" / "compare_gvm_spread.yaml"))
-    ap.add_argument("--pairs", default="grpo:grpo_gvm")
+    ap.add_argument("--pairs", default="grpo:grpo_gvm,grpo:grpo_gvm_xs,raftpp:raftpp_gvm")
     ap.add_argument("--targets", default="0.25,0.3,0.35,0.4")
     ap.add_argument("--report-only", action="store_true", help="read existing runs, train nothing")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
