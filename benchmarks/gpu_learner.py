@@ -32,6 +32,7 @@ from rlcore.data.arith import ArithConfig, generate_problems  # noqa: E402
 from rlcore.learner import LearnerWorker  # noqa: E402
 from rlcore.prompts import PromptRenderer  # noqa: E402
 from rlcore.tiny_model import build_tiny_model  # noqa: E402
+from rlcore.update import UpdateSettings  # noqa: E402
 from rollout.engine import Request, SamplingConfig  # noqa: E402
 from rollout.hf_engine import HFEngine  # noqa: E402
 from rollout.model_io import load_causal_lm, pick_attn_implementation  # noqa: E402
@@ -63,7 +64,7 @@ def _max_diff(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     return float((np.abs(a - b) * mask).max())
 
 
-GRPO_HPARAMS = {"clip_low": 0.2, "clip_high": 0.2, "lr": 1e-4}
+GRPO_STEP = UpdateSettings(lr=1e-4)  # the loss (GRPO, clip 0.2) is the learner config's
 
 
 def run_checks(work: Path, dtype: str, sft_steps: int, device_hint: str) -> dict:
@@ -97,7 +98,7 @@ def run_checks(work: Path, dtype: str, sft_steps: int, device_hint: str) -> dict
     batches = list(_sft_batches(renderer, pad_id, sft_steps + 2, 64, seed=0))
     for k, batch in enumerate(batches[:sft_steps]):
         lr = 2e-3 * min(1.0, (k + 1) / 10)
-        nll.append(learner.train(batch, "sft", {"lr": lr, "mini_batches": 1, "epochs": 1})["train/nll"])
+        nll.append(learner.train(batch, "sft", UpdateSettings(lr=lr))["train/nll"])
     results["sft"] = {"steps": sft_steps, "nll_first": nll[0], "nll_last": nll[-1],
                       "seconds": time.perf_counter() - t0}
 
@@ -130,11 +131,11 @@ def run_checks(work: Path, dtype: str, sft_steps: int, device_hint: str) -> dict
     ckpt = work / "ckpt"
     learner.save_checkpoint(str(ckpt))
     policy = _policy_batch(batches[sft_steps + 1], learner, seed=1)
-    m1 = learner.train(policy, "clipped", GRPO_HPARAMS)
+    m1 = learner.train(policy, "policy", GRPO_STEP)
     after_1 = learner.compute_logprobs(probe)
     learner.load_checkpoint(str(ckpt))
     restored = learner.compute_logprobs(probe)
-    m2 = learner.train(policy, "clipped", GRPO_HPARAMS)
+    m2 = learner.train(policy, "policy", GRPO_STEP)
     after_2 = learner.compute_logprobs(probe)
     results["checkpoint"] = {
         "restored_vs_saved_max": _max_diff(restored, ours, mask),
@@ -160,11 +161,11 @@ def run_checks(work: Path, dtype: str, sft_steps: int, device_hint: str) -> dict
     learner.shutdown()
 
     # 6. PPO's critic (its own process group) fits outcome returns under the same dtype.
-    critic = CriticWorker(0, 1, "127.0.0.1", _free_port(), cfg)  # its lr is critic.lr (5e-4)
+    critic = CriticWorker(0, 1, "127.0.0.1", _free_port(), {**cfg, "critic": {**cfg["critic"], "value_clip": None}})
     values = probe | {"old_values": critic.compute_values(probe)}
     outcome = np.random.default_rng(2).integers(0, 2, len(probe["input_ids"])).astype(np.float32)
     values["returns"] = outcome[:, None] * probe["loss_mask"]
-    losses = [critic.train_values(values, {"value_clip": None})["critic/vf_loss"] for _ in range(20)]
+    losses = [critic.train_values(values, UpdateSettings(lr=config.critic.lr))["critic/vf_loss"] for _ in range(20)]
     results["critic"] = {"device": str(critic.device), "vf_loss_first": losses[0], "vf_loss_last": losses[-1]}
     critic.shutdown()
     return results

@@ -106,7 +106,7 @@ def main(argv=None) -> int:
         f"model.path={args.model}", f"learner.num_threads={args.threads}", "learner.micro_batch_size=32",
     ])
     spec = get_algorithm(cfg.algorithm.name)
-    hp = {**UpdateBuilder(cfg, spec, pad_id=0).hparams(), "lr": 0.0, "mini_batches": 1, "epochs": 1}
+    settings = UpdateBuilder(cfg, spec, pad_id=0).settings(lr=0.0)
     learner = LearnerWorker(0, 1, "127.0.0.1", _free_port(), cfg.to_dict())
     fast_logprobs = learner._logprobs
     budgets = [int(b) for b in args.budgets.split(",")]
@@ -117,8 +117,8 @@ def main(argv=None) -> int:
         learner.settings = dataclasses.replace(learner.settings,
                                                micro_batch_tokens=0 if legacy else int(name.split("=")[1]))
         t0 = time.perf_counter()
-        skip = hp["skip_zero_advantage"] and not legacy
-        metrics = learner.train(batch, "policy", {**hp, "skip_zero_advantage": skip})
+        skip = settings.skip_zero_advantage and not legacy
+        metrics = learner.train(batch, "policy", dataclasses.replace(settings, skip_zero_advantage=skip))
         return time.perf_counter() - t0, metrics
 
     results = {}

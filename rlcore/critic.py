@@ -21,6 +21,7 @@ import torch
 from algorithms.ppo import value_loss
 from rlcore.config import CriticConfig, ExperimentConfig, LearnerConfig, ModelConfig
 from rlcore.learner import LearnerWorker
+from rlcore.update import UpdateSettings
 from rollout.model_io import pick_attn_implementation
 
 
@@ -74,14 +75,16 @@ class CriticWorker(LearnerWorker):
             out[plan[k], : values.shape[1]] = values.cpu().numpy()
         return out
 
-    def train_values(self, batch: dict[str, np.ndarray], hparams: dict) -> dict[str, float]:
+    def train_values(self, batch: dict[str, np.ndarray], settings: UpdateSettings) -> dict[str, float]:
         """Regress values on `returns` (clipped around `old_values`), epochs x mini-batches.
 
         "critic/vf_loss" is the value loss (token mean over the mini-batch, all ranks), averaged
         over optimizer steps; "critic/vf_grad_norm" the gradient norm before clipping.
         """
         t0 = time.perf_counter()
-        clip = hparams.get("value_clip")
+        for group in self.optimizer.param_groups:
+            group["lr"] = settings.lr
+        clip = self.cfg.critic.value_clip
 
         def step(indices: np.ndarray) -> dict[str, float]:
             tokens = self._global_sum(float(batch["loss_mask"][indices].sum()))
@@ -95,7 +98,7 @@ class CriticWorker(LearnerWorker):
 
             return self._accumulate_step(batch, indices, micro_loss)
 
-        metrics = self._train_steps(batch, hparams, step)
+        metrics = self._train_steps(batch, settings, step)
         # This rank's part of the loss, times the world size: LearnerGroup averages critic metrics
         # over ranks, and the average of the scaled parts is their sum, the loss.
         metrics["vf_loss"] = metrics.pop("loss") * self.world_size

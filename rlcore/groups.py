@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import ray
 
 from rlcore.batch import shard_batch
 from rollout.engine import Completion, Request, SamplingConfig
+
+if TYPE_CHECKING:
+    from rlcore.update import UpdateSettings
 
 
 class LearnerGroup:
@@ -30,9 +33,9 @@ class LearnerGroup:
         """Run a collective method on every rank and wait for all of them."""
         return ray.get(self.submit(method, [args] * len(self.workers)))
 
-    def train(self, batch: dict[str, np.ndarray], loss: str, hparams: dict) -> dict[str, float]:
+    def train(self, batch: dict[str, np.ndarray], loss: str, settings: UpdateSettings) -> dict[str, float]:
         shards = shard_batch(batch, len(self.workers))
-        return reduce_rank_metrics(ray.get(self.submit("train", [(s, loss, hparams) for s in shards])))
+        return reduce_rank_metrics(ray.get(self.submit("train", [(s, loss, settings) for s in shards])))
 
     def compute_logprobs(self, batch: dict[str, np.ndarray], temperature: float = 1.0, reference: bool = False,
                          positions: str = "all") -> np.ndarray:
@@ -48,8 +51,8 @@ class LearnerGroup:
     def compute_values(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         return np.concatenate(self.map_shards("compute_values", batch), axis=0)
 
-    def train_values(self, batch: dict[str, np.ndarray], hparams: dict) -> dict[str, float]:
-        return reduce_rank_metrics(self.map_shards("train_values", batch, hparams))
+    def train_values(self, batch: dict[str, np.ndarray], settings: UpdateSettings) -> dict[str, float]:
+        return reduce_rank_metrics(self.map_shards("train_values", batch, settings))
 
     def sequence_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
         # An FSDP forward is a collective: every rank runs it, rank 0's answer is used.

@@ -19,6 +19,7 @@ from algorithms import Algorithm, PolicyLossInput, aggregate, get_algorithm
 from algorithms.off_policy import truncated_is_weights
 from rlcore.config import ExperimentConfig, LearnerConfig, ModelConfig
 from rlcore.cpu_pinning import pin_to_cores
+from rlcore.update import UpdateSettings, kl_loss_coef
 from rollout.model_io import DTYPES, load_causal_lm
 
 
@@ -242,7 +243,7 @@ class LearnerWorker:
 
     # ------------------------------------------------------------------ train
 
-    def train(self, batch: dict[str, np.ndarray], loss: str, hparams: dict) -> dict[str, float]:
+    def train(self, batch: dict[str, np.ndarray], loss: str, settings: UpdateSettings) -> dict[str, float]:
         """One RL or SFT step over this rank's shard: epochs x mini-batches x micro-batches.
 
         `loss` is "sft" (mean NLL on loss_mask tokens) or "policy" (the algorithm's loss).
@@ -251,8 +252,8 @@ class LearnerWorker:
         """
         t0 = time.perf_counter()
         for group in self.optimizer.param_groups:
-            group["lr"] = hparams.get("lr", self.settings.lr)
-        metrics = self._train_steps(batch, hparams, lambda mini: self._optimizer_step(batch, mini, loss, hparams))
+            group["lr"] = settings.lr
+        metrics = self._train_steps(batch, settings, lambda mini: self._optimizer_step(batch, mini, loss, settings))
         # Keys that already name their section ("async/is_weight_mean") keep it.
         out = {(k if "/" in k else f"train/{k}"): v for k, v in metrics.items()}
         out["time/update_rank_s"] = time.perf_counter() - t0
@@ -271,14 +272,14 @@ class LearnerWorker:
     # mini-batch's loss; `metrics` are means over the micro-batch, combined weighted by `weight`
     # (its trained tokens), or as max/min for keys ending in _max/_min.
 
-    def _train_steps(self, batch: dict[str, np.ndarray], hparams: dict, step) -> dict[str, float]:
+    def _train_steps(self, batch: dict[str, np.ndarray], settings: UpdateSettings, step) -> dict[str, float]:
         """`step(indices)` over epochs x mini-batches of this rank's rows; metrics averaged over steps."""
         self.model.train()
         n = len(batch["input_ids"])
-        minis = np.array_split(np.arange(n), hparams.get("mini_batches", self.settings.mini_batches))
+        minis = np.array_split(np.arange(n), settings.mini_batches)
         totals: dict[str, float] = {}
         count = 0
-        for _ in range(hparams.get("epochs", self.settings.epochs)):
+        for _ in range(settings.epochs):
             for mini in minis:
                 for k, v in step(mini).items():
                     totals[k] = totals.get(k, 0.0) + v
@@ -338,12 +339,13 @@ class LearnerWorker:
         logp, _ = self._logprobs(self.model, **self._filler(), temperature=1.0)
         return logp.sum()
 
-    def _optimizer_step(self, batch, indices, loss: str, hparams: dict) -> dict[str, float]:
+    def _optimizer_step(self, batch, indices, loss: str, settings: UpdateSettings) -> dict[str, float]:
         mask_all = batch["loss_mask"][indices]
         tokens = self._global_sum(float(mask_all.sum()))
         seqs = self._global_sum(float((mask_all.sum(1) > 0).sum()))
-        temperature = hparams.get("temperature", 1.0)
-        n_mini = float(hparams.get("mini_batches", self.settings.mini_batches))
+        algo, rollout = self.cfg.algorithm, self.cfg.rollout
+        temperature = 1.0 if loss == "sft" else rollout.temperature  # the policy's log-probs as sampled
+        n_mini = float(settings.mini_batches)
 
         def micro_loss(mb: dict[str, torch.Tensor]):
             mask = mb["loss_mask"].float()
@@ -356,10 +358,10 @@ class LearnerWorker:
                 metrics = {"nll": float((-logp.detach() * mask).sum() / mask.sum().clamp(min=1))}
             else:
                 advantages, is_metrics = mb["advantages"], {}
-                if hparams.get("tis_cap") is not None:
+                if settings.tis_cap is not None:
                     # Asynchronous rollout, single pass: pi_old is this very forward (rlcore/update.py).
                     tis, is_metrics = truncated_is_weights(logp.detach(), mb["rollout_logp"], mask,
-                                                           hparams["tis_cap"])
+                                                           settings.tis_cap)
                     advantages = advantages * tis
                 out = self.algorithm.loss(
                     PolicyLossInput(
@@ -368,15 +370,15 @@ class LearnerWorker:
                         advantages=advantages,
                         mask=mask,
                         ref_logp=mb.get("ref_logp"),
-                        clip_low=hparams["clip_low"],
-                        clip_high=hparams["clip_high"],
-                        dual_clip_c=hparams.get("dual_clip_c"),
-                        kl_coef=hparams.get("kl_coef", 0.0),
-                        kl_estimator=hparams.get("kl_estimator", "k3"),
-                        agg_mode=hparams.get("loss_agg", "token-mean"),
+                        clip_low=algo.clip_low,
+                        clip_high=algo.clip_high,
+                        dual_clip_c=algo.dual_clip_c,
+                        kl_coef=kl_loss_coef(self.cfg),
+                        kl_estimator=algo.kl_estimator,
+                        agg_mode=algo.loss_agg,
                         token_normalizer=tokens,
                         seq_normalizer=seqs,
-                        max_tokens=hparams.get("max_tokens"),
+                        max_tokens=rollout.max_new_tokens,
                         # Weights over the whole batch; each mini-batch is scaled to its size.
                         token_weight=mb["token_weight"] * n_mini if "token_weight" in mb else None,
                         extras={k[6:]: v for k, v in mb.items() if k.startswith("extra/")},
@@ -390,18 +392,18 @@ class LearnerWorker:
             metrics["entropy"] = float((entropy * mask).sum() / mask.sum().clamp(min=1))
             return value, metrics, float(mask.sum())
 
-        return self._accumulate_step(batch, self._rows_to_run(batch, indices, loss, hparams), micro_loss)
+        return self._accumulate_step(batch, self._rows_to_run(batch, indices, loss, settings), micro_loss)
 
-    def _rows_to_run(self, batch, indices: np.ndarray, loss: str, hparams: dict) -> np.ndarray:
+    def _rows_to_run(self, batch, indices: np.ndarray, loss: str, settings: UpdateSettings) -> np.ndarray:
         """Rows of `indices` whose loss can be non-zero.
 
-        With `hparams["skip_zero_advantage"]` (set by rlcore/update.py only for algorithms whose
+        With `settings.skip_zero_advantage` (set by rlcore/update.py only for algorithms whose
         spec says a zero advantage gives exactly zero loss, and without a KL loss term), rows
         whose advantages are all zero are not run: they add nothing to the loss or gradients,
         and the normalisers were already counted over all rows (metrics such as entropy then
         cover the rows that ran).
         """
-        if loss == "sft" or not hparams.get("skip_zero_advantage") or "advantages" not in batch:
+        if loss == "sft" or not settings.skip_zero_advantage or "advantages" not in batch:
             return indices
         return indices[np.asarray(batch["advantages"][indices] != 0).any(axis=1)]
 

@@ -15,6 +15,7 @@ from rlcore.config import ExperimentConfig
 from rlcore.data.source import PromptSource
 from rlcore.data.arith import sft_completion
 from rlcore.prompts import PromptRenderer
+from rlcore.update import UpdateSettings
 
 if TYPE_CHECKING:  # Ray-free import: GPU checks and probes use sft_target without Ray
     from rlcore.groups import LearnerGroup
@@ -60,7 +61,7 @@ def run_sft(
         prompts = [renderer.ids(r) for r in batch_records]
         targets = [sft_target(renderer, r) for r in batch_records]
         batch = build_batch(prompts, [t[0] for t in targets], pad_id, response_masks=[t[1] for t in targets])
-        metrics = learners.train(batch, "sft", {"lr": sft_lr(step, cfg), "mini_batches": 1, "epochs": 1})
+        metrics = learners.train(batch, "sft", UpdateSettings(lr=sft_lr(step, cfg)))
         if on_step is not None:
             on_step(step + 1, metrics)
     return {"sft/steps": cfg.sft.steps, "sft/time_s": time.perf_counter() - start,

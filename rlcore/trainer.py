@@ -9,6 +9,7 @@ import json
 import math
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -309,15 +310,12 @@ class Trainer:
         t = time.perf_counter()
         train_metrics: dict = {}
         if batch is not None:
-            hparams = self.update.hparams()
+            settings = self.update.settings(lr=policy_lr(self.step, cfg))
             if self.critic is not None:
-                train_metrics.update(self.critic.train_values(batch, {**hparams, "value_clip": cfg.critic.value_clip,
-                                                                      "mini_batches": cfg.learner.mini_batches,
-                                                                      "epochs": cfg.learner.epochs}))
+                train_metrics.update(self.critic.train_values(batch, replace(settings, lr=cfg.critic.lr)))
             if self.critic is None or self.step > cfg.critic.warmup_steps:
-                lr = policy_lr(self.step, cfg)
-                train_metrics.update(self.learners.train(batch, "policy", {**hparams, "lr": lr}))
-                train_metrics["train/lr"] = lr
+                train_metrics.update(self.learners.train(batch, "policy", settings))
+                train_metrics["train/lr"] = settings.lr
         timings["time/update_s"] = time.perf_counter() - t
 
         t = time.perf_counter()

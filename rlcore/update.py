@@ -6,6 +6,7 @@ by its name, so a new algorithm needs no change here.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,6 +25,23 @@ def uses_reference(cfg: ExperimentConfig) -> bool:
     return cfg.algorithm.kl_coef > 0
 
 
+def kl_loss_coef(cfg: ExperimentConfig) -> float:
+    """The KL coefficient of the loss: 0 when the penalty is in the rewards instead."""
+    return cfg.algorithm.kl_coef if cfg.algorithm.kl_mode == "loss" else 0.0
+
+
+@dataclass(frozen=True)
+class UpdateSettings:
+    """How one update runs, decided by the driver; every loss setting (clips, KL, aggregation,
+    temperature) the learners read from the typed config they hold."""
+
+    lr: float
+    mini_batches: int = 1
+    epochs: int = 1
+    skip_zero_advantage: bool = False  # rows with A = 0 add exactly nothing: do not run them
+    tis_cap: float | None = None  # asynchronous single pass: TIS weights from the training forward
+
+
 class UpdateBuilder:
     def __init__(self, cfg: ExperimentConfig, algorithm: Algorithm, pad_id: int):
         self.cfg, self.algorithm, self.pad_id = cfg, algorithm, pad_id
@@ -33,19 +51,13 @@ class UpdateBuilder:
             multiple = math.lcm(multiple, cfg.critic.num_ranks * lc.mini_batches)
         self.row_multiple = multiple
 
-    def hparams(self) -> dict:
-        """The per-step settings the learners' loss reads besides the config they hold: the
-        shared loss settings, with the KL coefficient zeroed when the penalty is in the rewards,
-        and how this step's update runs."""
-        algo, rc = self.cfg.algorithm, self.cfg.rollout
-        hp = dict(clip_low=algo.clip_low, clip_high=algo.clip_high, dual_clip_c=algo.dual_clip_c,
-                  kl_coef=algo.kl_coef, kl_estimator=algo.kl_estimator, loss_agg=algo.loss_agg,
-                  temperature=rc.temperature, max_tokens=rc.max_new_tokens)
-        if algo.kl_mode == "reward":
-            hp["kl_coef"] = 0.0  # the penalty is already in the rewards
-        hp["skip_zero_advantage"] = self.skips_zero_advantage()
-        hp["tis_cap"] = rc.tis_cap if self.tis_in_learner() else None
-        return hp
+    def settings(self, lr: float) -> UpdateSettings:
+        """This step's policy (and critic) update: `lr` from the schedule, the rest from the config
+        and the algorithm's flags."""
+        lc = self.cfg.learner
+        return UpdateSettings(lr=lr, mini_batches=lc.mini_batches, epochs=lc.epochs,
+                              skip_zero_advantage=self.skips_zero_advantage(),
+                              tis_cap=self.cfg.rollout.tis_cap if self.tis_in_learner() else None)
 
     def tis_in_learner(self) -> bool:
         """Asynchronous single-pass updates take the TIS weights from the training forward itself
@@ -61,9 +73,7 @@ class UpdateBuilder:
     def skips_zero_advantage(self) -> bool:
         """The learners may skip rows whose advantages are all zero: the spec says their loss is
         exactly zero and no KL loss term is active (they still count in the normalisers)."""
-        algo = self.cfg.algorithm
-        kl_loss = algo.kl_mode == "loss" and algo.kl_coef > 0
-        return self.algorithm.zero_advantage_has_zero_loss and not kl_loss
+        return self.algorithm.zero_advantage_has_zero_loss and kl_loss_coef(self.cfg) == 0
 
     def build(self, groups, learners, critic=None) -> tuple[dict | None, dict]:
         """The padded learner batch (None if no sample carries signal) and its metrics."""

@@ -3,10 +3,13 @@ value loss, its metrics and its gradient are those of the value loss computed by
 whole mini-batch, whatever the micro-batch layout."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
+from rlcore.update import UpdateSettings
 from tests.unit.test_learner_fast_update import LAYOUTS, RTOL, _batch, _free_port, _learner_cfg, layout
 
 CLIP = 0.2
@@ -26,6 +29,7 @@ def critic(model_dir):
     from rlcore.critic import CriticWorker
 
     worker = CriticWorker(0, 1, "127.0.0.1", _free_port(), _learner_cfg(model_dir))
+    worker.cfg = dataclasses.replace(worker.cfg, critic=dataclasses.replace(worker.cfg.critic, value_clip=CLIP))
     yield worker
     worker.shutdown()
 
@@ -66,17 +70,13 @@ def _by_hand(values, batch, rows=None):
     }
 
 
-def _set_lr(critic, lr: float) -> None:
-    # Not reset_optimizer: after a no-grad forward FSDP2 leaves the root module unsharded, and a
-    # new optimizer would hold its unsharded parameters.
-    for group in critic.optimizer.param_groups:
-        group["lr"] = lr
-
-
-def _train(critic, batch, lr=0.0, **hparams):
-    """train_values with lr 0 by default (the weights stay put, so every step sees the same values)."""
-    _set_lr(critic, lr)
-    return critic.train_values(batch, {"value_clip": CLIP, "mini_batches": 1, "epochs": 1, **hparams})
+def _train(critic, batch, lr=0.0, mini_batches=1, epochs=1):
+    """train_values with lr 0 by default (the weights stay put, so every step sees the same
+    values); the value clip is the critic's config, critic.value_clip = CLIP. The lr is set on
+    the optimizer, not by reset_optimizer: after a no-grad forward FSDP2 leaves the root module
+    unsharded, and a new optimizer would hold its unsharded parameters."""
+    assert critic.cfg.critic.value_clip == CLIP
+    return critic.train_values(batch, UpdateSettings(lr=lr, mini_batches=mini_batches, epochs=epochs))
 
 
 def _with_layout(critic, settings: dict, fn):
@@ -139,6 +139,10 @@ def test_compute_values_match_one_forward_in_every_layout(critic):
 def test_critic_learns_the_returns_of_a_fixed_batch(critic):
     batch, _ = _value_batch(critic, seed=35)
     batch["returns"] = batch["loss_mask"].astype(np.float32)  # return 1 on every trained token
-    _set_lr(critic, 3e-3)
-    losses = [critic.train_values(batch, {"value_clip": None})["critic/vf_loss"] for _ in range(8)]
+    saved = critic.cfg
+    critic.cfg = dataclasses.replace(saved, critic=dataclasses.replace(saved.critic, value_clip=None))
+    try:
+        losses = [critic.train_values(batch, UpdateSettings(lr=3e-3))["critic/vf_loss"] for _ in range(8)]
+    finally:
+        critic.cfg = saved
     assert losses[-1] < 0.5 * losses[0], losses

@@ -18,6 +18,7 @@ from algorithms.aggregation import prompt_token_weights
 from rlcore import learner as learner_mod
 from rlcore.batch import build_batch
 from rlcore.learner import token_logprobs
+from rlcore.update import UpdateSettings
 
 RTOL = 1e-5
 
@@ -203,9 +204,28 @@ def layout(worker, **settings):
         worker.settings = saved
 
 
-def _train(learner, batch, loss, hparams, **learner_cfg):
-    with layout(learner, **learner_cfg):
-        return learner.train(batch, loss, {"lr": 0.0, "mini_batches": 1, "epochs": 1, **hparams})
+@contextlib.contextmanager
+def loss_config(worker, hp: dict):
+    """The worker's typed config with the loss settings of `hp` (the names `_reference_step`
+    reads), for the duration of the block: the learner reads them from its config."""
+    saved = worker.cfg
+    algo = {k: hp[k] for k in ("clip_low", "clip_high", "dual_clip_c", "kl_coef", "loss_agg") if k in hp}
+    rollout = {"temperature": hp.get("temperature", 1.0), "max_new_tokens": hp.get("max_tokens", 8)}
+    worker.cfg = dataclasses.replace(saved, algorithm=dataclasses.replace(saved.algorithm, **algo),
+                                     rollout=dataclasses.replace(saved.rollout, **rollout))
+    try:
+        yield
+    finally:
+        worker.cfg = saved
+
+
+def _train(learner, batch, loss, hp, **learner_cfg):
+    """One update with lr 0; `hp`: the loss settings (as the reference takes them) plus
+    skip_zero_advantage / tis_cap, the driver's per-update decisions."""
+    settings = UpdateSettings(lr=0.0, skip_zero_advantage=hp.get("skip_zero_advantage", False),
+                              tis_cap=hp.get("tis_cap"))
+    with layout(learner, **learner_cfg), loss_config(learner, hp):
+        return learner.train(batch, loss, settings)
 
 
 HP = {"clip_low": 0.2, "clip_high": 0.28, "max_tokens": 8}
@@ -294,11 +314,11 @@ def test_update_builder_marks_zero_advantage_skipping_by_spec_and_kl():
         cfg = config_from_dict({"model": {"path": "x"}, "algorithm": algo})
         return UpdateBuilder(cfg, get_algorithm(cfg.algorithm.name), pad_id=0)
 
-    assert builder(name="grpo").hparams()["skip_zero_advantage"] is True
-    assert builder(name="drgrpo").hparams()["skip_zero_advantage"] is True
-    assert builder(name="grpo", kl_coef=0.1).hparams()["skip_zero_advantage"] is False
-    assert builder(name="grpo", kl_coef=0.1, kl_mode="reward").hparams()["skip_zero_advantage"] is True
-    assert builder(name="nft").hparams()["skip_zero_advantage"] is False  # its loss is not zero at A = 0
+    assert builder(name="grpo").settings(lr=0.0).skip_zero_advantage is True
+    assert builder(name="drgrpo").settings(lr=0.0).skip_zero_advantage is True
+    assert builder(name="grpo", kl_coef=0.1).settings(lr=0.0).skip_zero_advantage is False
+    assert builder(name="grpo", kl_coef=0.1, kl_mode="reward").settings(lr=0.0).skip_zero_advantage is True
+    assert builder(name="nft").settings(lr=0.0).skip_zero_advantage is False  # its loss is not zero at A = 0
 
 
 def test_update_builder_counts_skipped_rows_and_asks_for_trained_positions_only():
@@ -368,13 +388,14 @@ def test_update_builder_leaves_tis_to_the_learner_only_for_single_pass_updates()
         builder = UpdateBuilder(c, get_algorithm("grpo"), pad_id=0)
         learners = FakeLearners()
         batch, metrics = builder.build(groups([[1, 0, 0], [1, 1, 0]]), learners)
-        return builder.hparams(), batch, metrics, learners.calls
+        return builder.settings(lr=1e-4), batch, metrics, learners.calls
 
-    hp, batch, metrics, calls = run()
-    assert hp["tis_cap"] == 2.0 and "old_logp" not in batch and not calls
+    settings, batch, metrics, calls = run()
+    assert settings.tis_cap == 2.0 and "old_logp" not in batch and not calls
     assert not any(k.startswith("async/") for k in metrics)  # the learner reports them
-    hp, batch, metrics, calls = run(epochs=2)
-    assert hp["tis_cap"] is None and "old_logp" in batch and [c[0] for c in calls] == ["old"]
+    settings, batch, metrics, calls = run(epochs=2)
+    assert settings.tis_cap is None and settings.epochs == 2
+    assert "old_logp" in batch and [c[0] for c in calls] == ["old"]
     assert "async/is_weight_mean" in metrics
 
 

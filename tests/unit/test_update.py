@@ -9,7 +9,7 @@ from algorithms import get_algorithm, grpo_advantages
 from rewards.schema import RewardResult
 from rlcore.config import config_from_dict
 from rlcore.sampling import Group
-from rlcore.update import UpdateBuilder
+from rlcore.update import UpdateBuilder, kl_loss_coef
 from rollout.engine import Completion
 
 
@@ -92,8 +92,7 @@ def test_kl_as_reward_penalty_lowers_scores_and_turns_off_the_kl_loss():
     # k1 = logp - ref = 0.5 per token; the penalty per sequence is 0.1 * 0.5 * length.
     lengths = np.array([1, 2, 3, 1, 2, 3])
     assert metrics["reward/kl_penalty_mean"] == pytest.approx(float(np.mean(0.05 * lengths)))
-    spec = get_algorithm("grpo")
-    assert UpdateBuilder(c, spec, 0).hparams()["kl_coef"] == 0.0
+    assert kl_loss_coef(c) == 0.0 and kl_loss_coef(cfg(name="grpo", kl_coef=0.1)) == 0.1
 
 
 def test_ppo_uses_critic_values_for_gae_and_keeps_returns_for_the_critic():
