@@ -10,7 +10,8 @@ is resolved only to one eval interval.
 
 Last, per pair, the headline: per seed, the samples each arm needed to reach the best accuracy
 the weaker arm reached, their ratio, and its mean over seeds (pre-samples counted; the lines
-before it also give the ratio with GVM's pre-samples left out).
+before it also give the ratio with GVM's pre-samples left out). Accuracies there are the mean
+of each eval and the two before it (--smooth): single evals swing by several points.
 
     python benchmarks/gvm_allocation.py [--spec experiments/compare_gvm_spread.yaml]
         [--pairs grpo:grpo_gvm,grpo:grpo_gvm_xs,raftpp:raftpp_gvm] [--targets 0.25,0.3,0.35,0.4] [--report-only]
@@ -47,12 +48,21 @@ def weaker_arm_target(a: list[dict], b: list[dict]) -> float | None:
     return target if target > max(a[0]["accuracy"], b[0]["accuracy"]) else None
 
 
-def weaker_arm_ratios(spec, uniform: str, gvm: str, key: str = "samples") -> list[dict]:
-    """Per seed: samples uniform / GVM to the weaker arm's best accuracy (> 1: GVM needed fewer).
-    key="samples" counts every generation; "trained" leaves out GVM's pre-samples."""
+def smoothed(points: list[dict], window: int) -> list[dict]:
+    """Each eval's accuracy as the mean of it and the `window - 1` before it: one eval of a few
+    hundred prompts swings by several points, and the best of a raw curve is mostly that swing."""
+    accs = [p["accuracy"] for p in points]
+    return [{**p, "accuracy": sum(accs[max(0, i - window + 1): i + 1]) / len(accs[max(0, i - window + 1): i + 1])}
+            for i, p in enumerate(points)]
+
+
+def weaker_arm_ratios(spec, uniform: str, gvm: str, key: str = "samples", smooth: int = 3) -> list[dict]:
+    """Per seed: samples uniform / GVM to the weaker arm's best (smoothed) accuracy (> 1: GVM
+    needed fewer). key="samples" counts every generation; "trained" leaves out GVM's pre-samples."""
     out = []
     for seed in spec.seeds:
-        pts = [load_points(spec.runs_dir / run_id(name, seed), spec.metric) for name in (uniform, gvm)]
+        pts = [smoothed(load_points(spec.runs_dir / run_id(name, seed), spec.metric), smooth)
+               for name in (uniform, gvm)]
         for points in pts:
             for p in points:
                 p["trained"] = p["samples"] - p.get("presampled", 0)
@@ -94,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", default="grpo:grpo_gvm,grpo:grpo_gvm_xs,raftpp:raftpp_gvm")
     ap.add_argument("--targets", default="0.25,0.3,0.35,0.4")
     ap.add_argument("--report-only", action="store_true", help="read existing runs, train nothing")
+    ap.add_argument("--smooth", type=int, default=3, help="headline: mean of each eval and the ones before it")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     args = ap.parse_args(argv)
     spec = load_spec(args.spec)
@@ -117,12 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     summary = {}
     for u, g in pairs:
         for key, label in (("trained", "trained-on samples (pre-samples left out)"), ("samples", "samples")):
-            per_seed = weaker_arm_ratios(spec, u, g, key)
+            per_seed = weaker_arm_ratios(spec, u, g, key, args.smooth)
             summary[f"{u}:{g}:{key}"] = per_seed
             for r in per_seed:
                 target = "-" if r["target"] is None else f"{r['target']:.3f}"
                 ratio = "n/a (the weaker arm never rose above the start)" if r["ratio"] is None else f"{r['ratio']:.2f}x"
-                print(f"{label}, {u} vs {g}, seed {r['seed']}: weaker arm's best {target}: "
+                print(f"{label}, {u} vs {g}, seed {r['seed']}: weaker arm's best ({args.smooth}-eval mean) {target}: "
                       f"{fmt(r['uniform_samples'])} vs {fmt(r['gvm_samples'])} -> {ratio}")
     if args.out:
         Path(args.out).write_text(json.dumps({"rows": rows, "weaker_arm": summary}, indent=2))
