@@ -8,7 +8,8 @@ only pay where p_i varies from almost always to almost never solved).
 Defaults: the real model (SmolLM2-135M-Instruct) on arithmetic mixing 2-3 operands with operand
 bounds 9 / 29 / 99 (`data.arith_operand_ranges`). Generation runs in this process with the
 vLLM engine (no Ray); the reward is the config's. Prints the histogram of p_i, the share of
-prompts with p = 0 and p = 1, p_i's 5th-95th percentiles, and the mean p per difficulty label.
+prompts with p = 0 and p = 1, p_i's 5th-95th percentiles, the mean p per difficulty label, and how
+well half the samples estimate p_i (the correlation of two independent halves' estimates).
 """
 from __future__ import annotations
 
@@ -74,6 +75,16 @@ def main() -> None:
         by_level[str(r.get("difficulty"))].append(value)
     print("mean p by difficulty: " + ", ".join(f"{lvl} {np.mean(v):.2f} (n={len(v)})"
                                                for lvl, v in sorted(by_level.items())))
+    if k >= 4:
+        # How well does a pre-sampling pass of k/2 samples know p_i? Two independent halves of
+        # each prompt's samples: their estimates' correlation is the reliability of one half.
+        ok = np.array([is_accepted(x) for x in results], dtype=float).reshape(len(records), k)
+        a, b = ok[:, : k // 2].mean(1), ok[:, k // 2 :].mean(1)
+        r = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else float("nan")
+        noise = float(np.mean(p * (1 - p)) / (k // 2))  # binomial variance of a k/2-sample estimate
+        print(f"split halves of {k // 2} samples: correlation of p_i estimates {r:.2f}; "
+              f"mean |difference| {np.mean(np.abs(a - b)):.3f}; binomial noise variance {noise:.4f} "
+              f"vs spread of p_i {p.var():.4f}")
 
 
 if __name__ == "__main__":
