@@ -6,7 +6,9 @@ before: the LM head over every position, log-softmax of the whole [B, L-1, V] fp
         row run (the learner's code before the change, bound onto the same worker).
 after:  the LM head only from the micro-batch's first trained position, chunked log-softmax with
         the entropy from the same logsumexp, micro-batches packed by `learner.micro_batch_tokens`
-        (0 = micro_batch_size rows), rows with zero advantage skipped (GRPO, no KL loss).
+        (0 = micro_batch_size rows), rows with zero advantage skipped (GRPO, no KL loss), and the
+        samples of one prompt run as one packed sequence (`learner.share_prompts`; the
+        "... rows" variants leave that out).
 
 The batch mimics experiments/real_model.yaml: 8 rendered arithmetic prompts (chat template,
 ~50 tokens) x 4 samples, completions of 4-32 random tokens, GRPO advantages from random 0/1
@@ -48,8 +50,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def legacy_logprobs(self, model, input_ids, attention_mask, temperature, with_entropy=False, start=0):
-    """The learner's `_logprobs` before the change (every position; `start` ignored)."""
+def legacy_logprobs(self, model, input_ids, attention_mask, temperature, with_entropy=False, start=0,
+                    prompt_len=None):
+    """The learner's `_logprobs` before the change (every position, every row; `start` and
+    `prompt_len` ignored)."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
     logits = logits.float()
     if temperature not in (0.0, 1.0):
@@ -114,8 +118,9 @@ def main(argv=None) -> int:
     def run(name: str, batch: dict) -> tuple[float, dict]:
         legacy = name == "before"
         learner._logprobs = legacy_logprobs.__get__(learner) if legacy else fast_logprobs
-        learner.settings = dataclasses.replace(learner.settings,
-                                               micro_batch_tokens=0 if legacy else int(name.split("=")[1]))
+        learner.settings = dataclasses.replace(
+            learner.settings, micro_batch_tokens=0 if legacy else int(name.split("=")[1].split()[0]),
+            share_prompts=not name.endswith(" rows"))
         t0 = time.perf_counter()
         skip = settings.skip_zero_advantage and not legacy
         metrics = learner.train(batch, "policy", dataclasses.replace(settings, skip_zero_advantage=skip))
@@ -126,7 +131,7 @@ def main(argv=None) -> int:
         batch = make_batch(cfg, learner.tokenizer, uniform)
         lengths = batch["attention_mask"].sum(1)
         zero_rows = int((~batch["advantages"].any(1)).sum())
-        variants = ["before"] + [f"after tokens={b}" for b in budgets]
+        variants = ["before"] + [f"after tokens={b}{how}" for b in budgets for how in (" rows", "")]
         run("before", batch)  # warm-up (allocator, first-call overheads)
         times = {v: [] for v in variants}
         losses = {}

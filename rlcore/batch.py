@@ -30,7 +30,8 @@ def build_batch(
         loss_mask[i, span] = response_masks[i] if response_masks is not None and response_masks[i] is not None else 1.0
         if rollout_logprobs is not None:
             logp[i, span] = rollout_logprobs[i]
-    batch = {"input_ids": input_ids, "attention_mask": attention, "loss_mask": loss_mask}
+    batch = {"input_ids": input_ids, "attention_mask": attention, "loss_mask": loss_mask,
+             "prompt_len": np.array([len(p) for p in prompt_ids], dtype=np.int64)}
     if rollout_logprobs is not None:
         batch["rollout_logp"] = logp
     return batch
@@ -61,7 +62,7 @@ def pad_rows(batch: dict[str, np.ndarray], multiple: int) -> dict[str, np.ndarra
     out = {}
     for key, arr in batch.items():
         filler = np.repeat(arr[:1], missing, axis=0)
-        if key not in ("input_ids", "attention_mask"):
+        if key not in ("input_ids", "attention_mask", "prompt_len"):
             filler = np.zeros_like(filler)
         out[key] = np.concatenate([arr, filler], axis=0)
     return out

@@ -133,6 +133,9 @@ class LearnerConfig:
     # > 0: pack the policy's forward/backward passes by tokens instead: rows sorted by length,
     # rows x longest row <= this budget per pass, padding trimmed per pass (0 = micro_batch_size).
     micro_batch_tokens: int = 0
+    # Samples of one prompt in a micro-batch run as one packed sequence, the prompt once
+    # (rlcore/prompt_sharing.py; sdpa or eager attention, else rows as they are).
+    share_prompts: bool = True
     mini_batches: int = 1  # optimizer steps per RL step
     epochs: int = 1  # passes over the batch per RL step
     gradient_checkpointing: bool = False

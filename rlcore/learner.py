@@ -18,6 +18,7 @@ import torch.distributed as dist
 from algorithms import Algorithm, PolicyLossInput, aggregate, get_algorithm
 from algorithms.off_policy import truncated_is_weights
 from rlcore.config import ExperimentConfig, LearnerConfig, ModelConfig
+from rlcore import prompt_sharing
 from rlcore.cpu_pinning import pin_to_cores
 from rlcore.update import UpdateSettings, kl_loss_coef
 from rollout.model_io import DTYPES, load_causal_lm
@@ -115,13 +116,18 @@ class LearnerWorker:
     # -------------------------------------------------------------- forward
 
     def _logprobs(self, model, input_ids, attention_mask, temperature: float, with_entropy: bool = False,
-                  start: int = 0):
+                  start: int = 0, prompt_len: torch.Tensor | None = None):
         """Log-probs (and, no-grad, entropies) of tokens 1..L-1, as [B, L-1] with zeros before
         position `start`: the LM head runs only on positions start..L-2.
 
         The root model's forward is called (FSDP2's unshard hooks live there) with
         `logits_to_keep` as an index tensor, so prompt positions never reach the LM head.
+        With `prompt_len` (each row's prompt length), rows that share a prompt run packed
+        (`learner.share_prompts`): zeros then also stand before each row's own prompt end.
         """
+        if (prompt_len is not None and self.settings.share_prompts and prompt_sharing.supported(model)
+                and prompt_sharing.worth_packing(input_ids, attention_mask, prompt_len)):
+            return self._packed_logprobs(model, input_ids, attention_mask, prompt_len, temperature, with_entropy)
         batch, length = input_ids.shape
         start = min(max(int(start), 0), length - 1)
         if self._keeps_logits(model):
@@ -136,6 +142,19 @@ class LearnerWorker:
             if entropy is not None:
                 entropy = torch.cat([entropy.new_zeros(batch, start), entropy], dim=1)
         return logp, entropy
+
+    def _packed_logprobs(self, model, input_ids, attention_mask, prompt_len, temperature: float, with_entropy: bool):
+        packed = prompt_sharing.pack(input_ids, attention_mask, prompt_len)
+        kwargs = dict(input_ids=packed.input_ids, attention_mask=prompt_sharing.model_mask(packed, model),
+                      position_ids=packed.position_ids, use_cache=False)
+        width = packed.input_ids.shape[1]
+        if self._keeps_logits(model):
+            keep = torch.arange(packed.keep_from, width, device=input_ids.device)
+            logits = model(**kwargs, logits_to_keep=keep).logits
+        else:
+            logits = model(**kwargs).logits[:, packed.keep_from :]
+        logp, entropy = token_logprobs(prompt_sharing.select(logits, packed), packed.targets, temperature, with_entropy)
+        return prompt_sharing.unpack(logp, packed), (None if entropy is None else prompt_sharing.unpack(entropy, packed))
 
     @staticmethod
     def _keeps_logits(model) -> bool:
@@ -227,7 +246,8 @@ class LearnerWorker:
                 continue
             mb = self._to_tensors(batch, plan[k])
             start = self._first_scored(mb) if positions == "loss" else 0
-            logp, _ = self._logprobs(model, mb["input_ids"], mb["attention_mask"], temperature, start=start)
+            logp, _ = self._logprobs(model, mb["input_ids"], mb["attention_mask"], temperature, start=start,
+                                     prompt_len=mb.get("prompt_len") if positions == "loss" else None)
             w = logp.shape[1]
             out[plan[k], :w] = (logp * mb["attention_mask"][:, 1:]).cpu().numpy()
         return out
@@ -351,7 +371,7 @@ class LearnerWorker:
             mask = mb["loss_mask"].float()
             logp, entropy = self._logprobs(
                 self.model, mb["input_ids"], mb["attention_mask"], temperature, with_entropy=True,
-                start=self._first_scored(mb),
+                start=self._first_scored(mb), prompt_len=mb.get("prompt_len"),
             )
             if loss == "sft":
                 value = aggregate(-logp, mask, "token-mean", token_normalizer=tokens)
@@ -425,7 +445,7 @@ class LearnerWorker:
             def micro_loss(mb: dict[str, torch.Tensor], tokens: float = tokens):
                 mask = mb["loss_mask"].float()
                 logp, _ = self._logprobs(self.model, mb["input_ids"], mb["attention_mask"], 1.0,
-                                         start=self._first_scored(mb))
+                                         start=self._first_scored(mb), prompt_len=mb.get("prompt_len"))
                 return -(logp * mask).sum() / tokens, {}, float(mask.sum())
 
             self.optimizer.zero_grad(set_to_none=True)

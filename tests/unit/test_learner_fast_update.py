@@ -114,10 +114,14 @@ def plain_model(model_dir, learner):
     return model
 
 
-def _batch(seed: int, rows: int = 10, vocab: int = 300, prompt_lens=(3, 14), completion_lens=(1, 9)):
-    """Rows with mixed prompt and completion lengths (right padding), some masked-out tokens."""
+def _batch(seed: int, rows: int = 10, vocab: int = 300, prompt_lens=(3, 14), completion_lens=(1, 9),
+           group_sizes=(3, 1, 4, 2)):
+    """Rows with mixed prompt and completion lengths (right padding), some masked-out tokens;
+    consecutive rows share prompts in groups of `group_sizes` (cycled), as samples of a prompt do."""
     rng = np.random.default_rng(seed)
-    prompts = [rng.integers(4, vocab, rng.integers(*prompt_lens)).tolist() for _ in range(rows)]
+    owners = np.repeat(np.arange(rows), (list(group_sizes) * rows)[:rows])[:rows]
+    distinct = [rng.integers(4, vocab, rng.integers(*prompt_lens)).tolist() for _ in range(rows)]
+    prompts = [distinct[o] for o in owners]
     completions = [rng.integers(4, vocab, rng.integers(*completion_lens)).tolist() for _ in range(rows)]
     masks = [[1] * len(c) for c in completions]
     masks[1] = [1] + [0] * (len(completions[1]) - 1)  # a tool-output-like gap
@@ -238,12 +242,14 @@ LAYOUTS = {  # today's rows-per-pass path, and token budgets that give one row /
 
 @pytest.mark.parametrize("agg", AGG_MODES)
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_policy_loss_and_grads_match_plain_path(learner, plain_model, agg, layout):
+@pytest.mark.parametrize("share", [True, False], ids=["shared_prompts", "rows"])
+def test_policy_loss_and_grads_match_plain_path(learner, plain_model, agg, layout, share):
     batch = _policy_batch(plain_model, _batch(seed=11), temperature=0.7, seed=5, zero_rows=(2, 6))
     hp = {**HP, "loss_agg": agg, "temperature": 0.7, "dual_clip_c": 3.0}
     ref = _reference_step(plain_model, batch, "policy", hp)
     for skip in (False, True):
-        metrics = _train(learner, batch, "policy", {**hp, "skip_zero_advantage": skip}, **LAYOUTS[layout])
+        metrics = _train(learner, batch, "policy", {**hp, "skip_zero_advantage": skip}, share_prompts=share,
+                         **LAYOUTS[layout])
         _assert_same(learner, metrics, *ref)
 
 
@@ -408,3 +414,27 @@ def test_reset_optimizer_after_a_no_grad_forward_holds_the_sharded_parameters(le
     _train(learner, batch, "sft", {})  # a training step leaves every module resharded
     owned = {id(p) for g in learner.optimizer.param_groups for p in g["params"]}
     assert owned == {id(p) for p in learner.model.parameters()}
+
+
+def test_rows_of_one_prompt_run_as_one_packed_sequence(learner, plain_model, monkeypatch):
+    """The layouts above give the same loss and gradients packed or not; here: packing happens,
+    one packed sequence per prompt of the micro-batch, and fewer tokens go through the model."""
+    from rlcore import prompt_sharing
+
+    packed = []
+    original = prompt_sharing.pack
+    monkeypatch.setattr(prompt_sharing, "pack", lambda *a, **k: packed.append(original(*a, **k)) or packed[-1])
+    batch = _policy_batch(plain_model, _batch(seed=18), temperature=1.0, seed=9)
+    _train(learner, batch, "policy", HP, micro_batch_size=64, micro_batch_tokens=0)
+    assert len(packed) == 1
+    groups = len({tuple(r[:p]) for r, p in zip(batch["input_ids"].tolist(), batch["prompt_len"])})
+    assert packed[0].input_ids.shape[0] == groups == 4  # 10 rows in prompts of 3, 1, 4, 2
+    prompts = {tuple(r[:p]): p for r, p in zip(batch["input_ids"].tolist(), batch["prompt_len"])}
+    # Each prompt once, then every completion.
+    assert sum(packed[0].lengths) == int(batch["attention_mask"].sum()) - int(batch["prompt_len"].sum()) + sum(
+        prompts.values())
+    # A batch without shared prompts runs as rows.
+    packed.clear()
+    single = _policy_batch(plain_model, _batch(seed=18, group_sizes=(1,)), temperature=1.0, seed=9)
+    _train(learner, single, "policy", HP, micro_batch_size=64, micro_batch_tokens=0)
+    assert packed == []
