@@ -33,13 +33,12 @@ GROUPS = [0, 0, 0, 0, 0, 1, 1, 2, 2, 2, 2, 3]  # strided over 2 ranks: 3/2, 1/1,
 def _rank_main(rank: int, port: int, cfg: dict, shards: list, full: dict, out) -> None:
     try:
         from rlcore.learner import LearnerWorker
+        from rlcore.update import UpdateSettings
 
         torch.set_num_threads(1)
         learner = LearnerWorker(rank, 2, "127.0.0.1", port, cfg)
         result = {"logp": learner.compute_logprobs(shards[rank], TEMPERATURE, positions="loss")}
-        hp = {**HP, "temperature": TEMPERATURE, "loss_agg": "seq-mean-token-mean", "skip_zero_advantage": True,
-              "lr": 0.0, "mini_batches": 1, "epochs": 1}
-        result["metrics"] = learner.train(shards[rank], "policy", hp)
+        result["metrics"] = learner.train(shards[rank], "policy", UpdateSettings(lr=0.0, skip_zero_advantage=True))
         result["grads"] = {k: v.numpy() for k, v in _learner_grads(learner).items()}  # full_tensor: collective
         result["gvm"] = learner.likelihood_grad_norms(full, GROUPS)
         learner.shutdown()
@@ -54,6 +53,22 @@ def model_dir(tmp_path_factory):
 
     return str(build_tiny_model(tmp_path_factory.mktemp("ranks") / "llama", arch="llama", seed=4,
                                 hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128))
+
+
+def _stack_rows(*batches: dict) -> dict:
+    """Batches of different widths as one: [B, L] arrays right-padded to the widest, [B] joined."""
+    width = max(b["input_ids"].shape[1] for b in batches)
+    out = {}
+    for key in batches[0]:
+        parts = []
+        for b in batches:
+            arr = b[key]
+            if arr.ndim == 2:
+                extra = width - arr.shape[1] - (key not in ("input_ids", "attention_mask"))
+                arr = np.pad(arr, ((0, 0), (0, extra)), constant_values=3 if key == "input_ids" else 0)
+            parts.append(arr)
+        out[key] = np.concatenate(parts)
+    return out
 
 
 def _reference_gvm_norms(plain, batch, groups) -> list[float]:
@@ -75,17 +90,15 @@ def test_two_ranks_with_different_pass_counts_match_one_process(model_dir):
     from rollout.model_io import load_causal_lm
 
     cfg = _learner_cfg(model_dir, num_ranks=2, micro_batch_tokens=24)
+    # The loss settings the reference step gets below, as the learners read them: from the config.
+    cfg["algorithm"].update(clip_low=HP["clip_low"], clip_high=HP["clip_high"], loss_agg="seq-mean-token-mean")
+    cfg["rollout"].update(temperature=TEMPERATURE, max_new_tokens=HP["max_tokens"])
     plain, _ = load_causal_lm(model_dir, "float32", "cpu", cfg["model"]["attn_implementation"])
     # Rank 0: six long rows (each alone under a 24-token budget); rank 1: six short rows, four of
     # them with zero advantage (skipped), so rank 1 runs one pass to rank 0's six.
     long = _batch(seed=21, rows=6, prompt_lens=(14, 18), completion_lens=(6, 9))
     short = _batch(seed=22, rows=6, prompt_lens=(3, 5), completion_lens=(1, 4))
-    width = max(long["input_ids"].shape[1], short["input_ids"].shape[1])
-    rows = {}
-    for key in long:
-        pad = [np.pad(b[key], ((0, 0), (0, width - (b[key].shape[1] + (key not in ("input_ids", "attention_mask"))))),
-                      constant_values=3 if key == "input_ids" else 0) for b in (long, short)]
-        rows[key] = np.concatenate(pad)
+    rows = _stack_rows(long, short)
     batch = _policy_batch(plain, rows, TEMPERATURE, seed=8, zero_rows=(6, 7, 9, 11))
     shards = [{k: v[:6] for k, v in batch.items()}, {k: v[6:] for k, v in batch.items()}]
 
@@ -121,6 +134,7 @@ def _uneven_rank_main(rank: int, ports: tuple, cfgs: tuple, gvm_batch: dict, sha
     try:
         from rlcore.critic import CriticWorker
         from rlcore.learner import LearnerWorker
+        from rlcore.update import UpdateSettings
 
         torch.set_num_threads(1)
         learner = LearnerWorker(rank, 2, "127.0.0.1", ports[0], cfgs[0])
@@ -128,8 +142,7 @@ def _uneven_rank_main(rank: int, ports: tuple, cfgs: tuple, gvm_batch: dict, sha
         learner.shutdown()
         critic = CriticWorker(rank, 2, "127.0.0.1", ports[1], cfgs[1])
         result["values"] = critic.compute_values(shards[rank])
-        result["critic"] = critic.train_values(shards[rank], {"value_clip": VALUE_CLIP, "mini_batches": 1,
-                                                              "epochs": 1})
+        result["critic"] = critic.train_values(shards[rank], UpdateSettings(lr=0.0))
         critic.shutdown()
         out.put((rank, result))
     except BaseException:  # noqa: BLE001 - report to the parent instead of hanging it
@@ -171,17 +184,13 @@ def test_gvm_norms_and_the_critic_with_uneven_passes_on_two_ranks(model_dir):
 
     gvm_cfg = _learner_cfg(model_dir, num_ranks=2, micro_batch_size=2, micro_batch_tokens=0)
     critic_cfg = _learner_cfg(model_dir, num_ranks=2, micro_batch_tokens=24)
+    critic_cfg["critic"]["value_clip"] = VALUE_CLIP
     gvm_batch = _batch(seed=23, rows=len(GVM_GROUPS))
     # Critic shards: rank 0 six long rows (one pass each under 24 tokens), rank 1 six short ones
     # (several rows per pass): the ranks' plans have different lengths.
     long = _batch(seed=24, rows=6, prompt_lens=(14, 18), completion_lens=(6, 9))
     short = _batch(seed=25, rows=6, prompt_lens=(3, 5), completion_lens=(1, 4))
-    width = max(long["input_ids"].shape[1], short["input_ids"].shape[1])
-    batch = {}
-    for key in long:
-        pad = [np.pad(b[key], ((0, 0), (0, width - (b[key].shape[1] + (key not in ("input_ids", "attention_mask"))))),
-                      constant_values=3 if key == "input_ids" else 0) for b in (long, short)]
-        batch[key] = np.concatenate(pad)
+    batch = _stack_rows(long, short)
     rng = np.random.default_rng(26)
     mask = batch["loss_mask"]
     batch["old_values"] = (rng.normal(0, 0.3, mask.shape) * mask).astype(np.float32)
