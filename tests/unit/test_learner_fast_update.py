@@ -15,9 +15,9 @@ import torch
 
 from algorithms import AGG_MODES, PolicyLossInput, aggregate, clipped_policy_loss
 from algorithms.aggregation import prompt_token_weights
-from rlcore import learner as learner_mod
+from rlcore import logprobs as logprobs_mod
 from rlcore.batch import build_batch
-from rlcore.learner import token_logprobs
+from rlcore.logprobs import token_logprobs
 from rlcore.update import UpdateSettings
 
 RTOL = 1e-5
@@ -45,7 +45,7 @@ def _plain(logits, targets, temperature):
 @pytest.mark.parametrize("temperature", [1.0, 0.7, 1.3, 0.0])
 @pytest.mark.parametrize("chunk", [1 << 24, 300])  # one chunk, or several (and a ragged last one)
 def test_token_logprobs_value_grad_and_entropy_match_log_softmax(monkeypatch, temperature, chunk):
-    monkeypatch.setattr(learner_mod, "LOGIT_CHUNK_ELEMENTS", chunk)
+    monkeypatch.setattr(logprobs_mod, "LOGIT_CHUNK_ELEMENTS", chunk)
     g = torch.Generator().manual_seed(0)
     logits = (torch.randn(3, 7, 101, generator=g) * 4).requires_grad_()
     targets = torch.randint(0, 101, (3, 7), generator=g)
