@@ -40,17 +40,23 @@ def supported(model) -> bool:
     return getattr(getattr(model, "config", None), "_attn_implementation", None) in ("sdpa", "eager")
 
 
+# Longest packed sequence worth it: attention with a custom mask materialises [S, S] scores per
+# head (no flash kernel), so past this length rows with the usual causal kernel are cheaper.
+MAX_PACKED_TOKENS = 4096
+
+
 def worth_packing(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: torch.Tensor) -> bool:
-    """Some two rows share a prompt (else packing saves nothing), and every row has a prompt and
-    at least one token after it."""
-    seen, shared = set(), False
+    """Some two rows share a prompt (else packing saves nothing), every row has a prompt and at
+    least one token after it, and no packed sequence grows past MAX_PACKED_TOKENS."""
+    packed: dict[tuple, int] = {}
+    shared = False
     for ids, n, p in zip(input_ids.tolist(), attention_mask.sum(1).tolist(), prompt_len.tolist()):
         if not 1 <= p < n:
             return False
         key = tuple(ids[:p])
-        shared |= key in seen
-        seen.add(key)
-    return shared
+        shared |= key in packed
+        packed[key] = packed.get(key, p) + n - p
+    return shared and max(packed.values()) <= MAX_PACKED_TOKENS
 
 
 def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: torch.Tensor,

@@ -42,6 +42,15 @@ def test_layout_groups_rows_by_prompt_and_restarts_positions():
     assert not prompt_sharing.worth_packing(s["input_ids"], s["attention_mask"], s["prompt_len"])
 
 
+def test_groups_too_long_to_pack_run_as_rows(monkeypatch):
+    _, _, batch = rows()
+    t = {k: torch.from_numpy(v) for k, v in batch.items()}
+    monkeypatch.setattr(prompt_sharing, "MAX_PACKED_TOKENS", 10)  # the first group packs to 11
+    assert not prompt_sharing.worth_packing(t["input_ids"], t["attention_mask"], t["prompt_len"])
+    monkeypatch.setattr(prompt_sharing, "MAX_PACKED_TOKENS", 11)
+    assert prompt_sharing.worth_packing(t["input_ids"], t["attention_mask"], t["prompt_len"])
+
+
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_packed_logits_and_gradients_equal_the_rows(model_dir, attn):
     model, _ = load_causal_lm(model_dir, "float32", "cpu", attn)
