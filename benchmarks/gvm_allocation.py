@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{fmt(r['uniform_samples']):>16} {fmt(r['gvm_samples']):>12} {ratio:>11}")
     for u, g in pairs:
         for seed in spec.seeds:  # one line per seed: the first target's row carries the finals
-            f = next((r for r in rows if r["uniform"] == u and r["seed"] == seed), None)
+            f = next((r for r in rows if (r["uniform"], r["gvm"], r["seed"]) == (u, g, seed)), None)
             if f:
                 print(f"final held-out accuracy, seed {seed}: {u} {f['uniform_final']} after "
                       f"{f['uniform_total_samples']} samples, {g} {f['gvm_final']} after {f['gvm_total_samples']} samples")
