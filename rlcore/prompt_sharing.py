@@ -37,7 +37,15 @@ class PackedRows:
 
 
 def supported(model) -> bool:
-    return getattr(getattr(model, "config", None), "_attn_implementation", None) in ("sdpa", "eager")
+    """The attention takes our 4D mask as the whole truth: sdpa or eager, and no sliding-window
+    layers (their own windowed mask would be replaced by ours)."""
+    config = getattr(model, "config", None)
+    if getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
+        return False
+    window = getattr(config, "sliding_window", None)
+    if window is not None and getattr(config, "use_sliding_window", True) is not False:
+        return False
+    return all(kind == "full_attention" for kind in getattr(config, "layer_types", None) or [])
 
 
 # Longest packed sequence worth it: attention with a custom mask materialises [S, S] scores per

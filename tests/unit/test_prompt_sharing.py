@@ -76,3 +76,15 @@ def test_packed_logits_and_gradients_equal_the_rows(model_dir, attn):
     assert (ours[t["loss_mask"] == 0] == 0).all()
     for n, p in model.named_parameters():
         torch.testing.assert_close(ours_grads[n], p.grad, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_only_attention_that_takes_the_mask_whole_is_packed(model_dir):
+    model, _ = load_causal_lm(model_dir, "float32", "cpu", "sdpa")
+    assert prompt_sharing.supported(model)
+    model.config.layer_types = ["full_attention", "sliding_attention"] * 2
+    assert not prompt_sharing.supported(model)
+    model.config.layer_types = None
+    model.config.sliding_window, model.config.use_sliding_window = 512, True
+    assert not prompt_sharing.supported(model)
+    model.config.use_sliding_window = False  # Qwen2 with the window switched off
+    assert prompt_sharing.supported(model)
