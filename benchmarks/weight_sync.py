@@ -122,8 +122,8 @@ def main() -> None:
                 timings = syncs[kind].push(version)
                 runs.append({**timings, **(engine_timings(rollout.workers) if reload == "inplace" else {})})
             runs = runs[1:]  # the first sync of each setting is a warm-up
-            theirs = rollout.sequence_logprobs(seqs)
-            diff = max(float(np.abs(np.array(a) - np.array(b)).max()) for a, b in zip(ours, theirs))
+            diff = max(float(np.abs(np.array(a) - np.array(b)).max())
+                       for theirs in rollout.sequence_logprobs(seqs) for a, b in zip(ours, theirs))  # every engine
             name = f"{kind}+{reload}"
             entry = results.setdefault(name, {"runs": [], "logprob_diff_max": 0.0})
             entry["runs"] += runs  # a setting listed twice (interleaved rounds) pools its syncs
