@@ -7,7 +7,6 @@ the check run), bounded by `trainer.max_actor_restarts`.
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
@@ -76,15 +75,11 @@ class EngineSync:
         return self.check(sequences, version) if sequences else None
 
     def check(self, sequences: list[list[int]], version: int) -> float:
-        """Largest |learner - engine| log-prob over every engine; stop above the threshold.
-        The engines score while the learners do: on a cluster they sit on other cores."""
-        with ThreadPoolExecutor(1) as pool:
-            engines = pool.submit(self.rollout.sequence_logprobs, sequences)
-            ours = self.learners.sequence_logprobs(sequences)
-            per_engine = engines.result()
+        """Largest |learner - engine| log-prob over every engine; stop above the threshold."""
+        ours = self.learners.sequence_logprobs(sequences)
         threshold = logprob_mismatch_threshold(self.cfg)
         diff = 0.0
-        for engine, theirs in enumerate(per_engine):
+        for engine, theirs in enumerate(self.rollout.sequence_logprobs(sequences)):
             worst = max(float(np.max(np.abs(np.array(a) - np.array(b)))) for a, b in zip(ours, theirs))
             if worst > threshold:
                 raise LogprobMismatchError(

@@ -4,8 +4,6 @@ The real path (vLLM engines killed mid-run and replaced) is tests/integration/te
 """
 from __future__ import annotations
 
-import threading
-
 import pytest
 import ray
 
@@ -92,25 +90,6 @@ def test_a_disagreeing_second_engine_stops_the_run(setup):
     engines.offsets = [0.0, 0.5]  # above the float32 default of 0.05
     with pytest.raises(LogprobMismatchError, match="rollout engine 1 .* differ by 0.5"):
         sync.push(3, [[1, 2]])
-
-
-def test_engines_score_the_check_while_the_learners_do(setup):
-    sync, engines, *_ = setup
-    engines_started = threading.Event()
-    learner_side = sync.learners.sequence_logprobs
-    engine_side = engines.sequence_logprobs
-
-    def learners_wait_for_the_engines(sequences):  # sequential calls would time out here
-        assert engines_started.wait(timeout=10), "the engines were not asked until the learners answered"
-        return learner_side(sequences)
-
-    def engines_start(sequences):
-        engines_started.set()
-        return engine_side(sequences)
-
-    sync.learners.sequence_logprobs = learners_wait_for_the_engines
-    engines.sequence_logprobs = engines_start
-    assert sync.push(2, [[1, 2]]) == 0.0
 
 
 def test_a_dead_engine_is_replaced_before_the_push_and_gets_the_current_weights(setup):
