@@ -22,17 +22,14 @@ def model_logprobs(model, input_ids, attention_mask, temperature: float, with_en
     With `prompt_len` (each row's prompt length), rows that share a prompt run packed: zeros
     then also stand before each row's own prompt end.
     """
-    if (prompt_len is not None and prompt_sharing.supported(model)
-            and prompt_sharing.worth_packing(input_ids, attention_mask, prompt_len)):
-        return _packed_logprobs(model, input_ids, attention_mask, prompt_len, temperature, with_entropy)
+    packed = None
+    if prompt_len is not None and prompt_sharing.supported(model):
+        packed = prompt_sharing.pack(input_ids, attention_mask, prompt_len)
+    if packed is not None:
+        return _packed_logprobs(model, packed, temperature, with_entropy)
     batch, length = input_ids.shape
     start = min(max(int(start), 0), length - 1)
-    if _keeps_logits(model):
-        keep = torch.arange(start, length - 1, device=input_ids.device)
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                       logits_to_keep=keep).logits
-    else:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, start:-1]
+    logits = _logits(model, start, length - 1, input_ids=input_ids, attention_mask=attention_mask)
     logp, entropy = token_logprobs(logits, input_ids[:, start + 1 :], temperature, with_entropy)
     if start > 0:
         logp = torch.cat([logp.new_zeros(batch, start), logp], dim=1)
@@ -41,18 +38,20 @@ def model_logprobs(model, input_ids, attention_mask, temperature: float, with_en
     return logp, entropy
 
 
-def _packed_logprobs(model, input_ids, attention_mask, prompt_len, temperature: float, with_entropy: bool):
-    packed = prompt_sharing.pack(input_ids, attention_mask, prompt_len)
-    kwargs = dict(input_ids=packed.input_ids, attention_mask=prompt_sharing.model_mask(packed, model),
-                  position_ids=packed.position_ids, use_cache=False)
-    width = packed.input_ids.shape[1]
-    if _keeps_logits(model):
-        keep = torch.arange(packed.keep_from, width, device=input_ids.device)
-        logits = model(**kwargs, logits_to_keep=keep).logits
-    else:
-        logits = model(**kwargs).logits[:, packed.keep_from :]
+def _packed_logprobs(model, packed: prompt_sharing.PackedRows, temperature: float, with_entropy: bool):
+    logits = _logits(model, packed.keep_from, packed.input_ids.shape[1], input_ids=packed.input_ids,
+                     attention_mask=prompt_sharing.model_mask(packed, model), position_ids=packed.position_ids)
     logp, entropy = token_logprobs(prompt_sharing.select(logits, packed), packed.targets, temperature, with_entropy)
     return prompt_sharing.unpack(logp, packed), (None if entropy is None else prompt_sharing.unpack(entropy, packed))
+
+
+def _logits(model, first: int, stop: int, **inputs) -> torch.Tensor:
+    """The root model's logits at positions first..stop-1 only, through `logits_to_keep` where
+    the model takes it (the LM head then never sees the other positions)."""
+    if _keeps_logits(model):
+        keep = torch.arange(first, stop, device=inputs["input_ids"].device)
+        return model(**inputs, use_cache=False, logits_to_keep=keep).logits
+    return model(**inputs, use_cache=False).logits[:, first:stop]
 
 
 def _keeps_logits(model) -> bool:

@@ -53,29 +53,20 @@ def supported(model) -> bool:
 MAX_PACKED_TOKENS = 4096
 
 
-def worth_packing(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: torch.Tensor) -> bool:
-    """Some two rows share a prompt (else packing saves nothing), every row has a prompt and at
-    least one token after it, and no packed sequence grows past MAX_PACKED_TOKENS."""
-    packed: dict[tuple, int] = {}
-    shared = False
-    for ids, n, p in zip(input_ids.tolist(), attention_mask.sum(1).tolist(), prompt_len.tolist()):
-        if not 1 <= p < n:
-            return False
-        key = tuple(ids[:p])
-        shared |= key in packed
-        packed[key] = packed.get(key, p) + n - p
-    return shared and max(packed.values()) <= MAX_PACKED_TOKENS
-
-
 def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: torch.Tensor,
-         pad_id: int = 0) -> PackedRows:
-    """Rows [B, L] (right-padded; row b's prompt is its first prompt_len[b] tokens) -> packed groups."""
+         pad_id: int = 0) -> PackedRows | None:
+    """Rows [B, L] (right-padded; row b's prompt is its first prompt_len[b] tokens) -> packed
+    groups; None unless some two rows share a prompt (else packing saves nothing), every row has
+    a prompt and at least one token after it, and no packed sequence grows past MAX_PACKED_TOKENS."""
     ids, lengths, plens = input_ids.tolist(), attention_mask.sum(1).tolist(), prompt_len.tolist()
     groups: dict[tuple, list[int]] = {}
     for b, (row, p) in enumerate(zip(ids, plens)):
         if not 1 <= p < lengths[b]:
-            raise ValueError(f"row {b}: prompt length {p} must be in [1, {lengths[b] - 1}] (see worth_packing)")
+            return None
         groups.setdefault(tuple(row[:p]), []).append(b)
+    longest = max(len(prompt) + sum(lengths[b] - len(prompt) for b in members) for prompt, members in groups.items())
+    if len(groups) == len(ids) or longest > MAX_PACKED_TOKENS:
+        return None
 
     seqs, positions, segments = [], [], []  # segment: -1 prompt, k = k-th member's completion
     packed_row, packed_pos, targets, rows, cols = [], [], [], [], []

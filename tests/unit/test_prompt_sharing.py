@@ -25,9 +25,8 @@ def rows():
 def test_layout_groups_rows_by_prompt_and_restarts_positions():
     prompts, completions, batch = rows()
     t = {k: torch.from_numpy(v) for k, v in batch.items()}
-    assert prompt_sharing.worth_packing(t["input_ids"], t["attention_mask"], t["prompt_len"])
     packed = prompt_sharing.pack(t["input_ids"], t["attention_mask"], t["prompt_len"])
-    assert packed.lengths == [5 + 3 + 1 + 2, 2 + 4 + 1]
+    assert packed is not None and packed.lengths == [5 + 3 + 1 + 2, 2 + 4 + 1]
     assert packed.input_ids[0, :11].tolist() == [5, 6, 7, 8, 9, 20, 21, 22, 23, 28, 29]
     assert packed.position_ids[0, :11].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 5, 5, 6]
     m = packed.attention_mask[0, 0]
@@ -39,16 +38,16 @@ def test_layout_groups_rows_by_prompt_and_restarts_positions():
     assert len(packed.targets) == sum(len(c) for c in completions)
     single = build_batch([[5, 6], [7, 8]], [[1], [2]], pad_id=0)
     s = {k: torch.from_numpy(v) for k, v in single.items()}
-    assert not prompt_sharing.worth_packing(s["input_ids"], s["attention_mask"], s["prompt_len"])
+    assert prompt_sharing.pack(s["input_ids"], s["attention_mask"], s["prompt_len"]) is None
 
 
 def test_groups_too_long_to_pack_run_as_rows(monkeypatch):
     _, _, batch = rows()
     t = {k: torch.from_numpy(v) for k, v in batch.items()}
     monkeypatch.setattr(prompt_sharing, "MAX_PACKED_TOKENS", 10)  # the first group packs to 11
-    assert not prompt_sharing.worth_packing(t["input_ids"], t["attention_mask"], t["prompt_len"])
+    assert prompt_sharing.pack(t["input_ids"], t["attention_mask"], t["prompt_len"]) is None
     monkeypatch.setattr(prompt_sharing, "MAX_PACKED_TOKENS", 11)
-    assert prompt_sharing.worth_packing(t["input_ids"], t["attention_mask"], t["prompt_len"])
+    assert prompt_sharing.pack(t["input_ids"], t["attention_mask"], t["prompt_len"]) is not None
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
