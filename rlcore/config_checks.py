@@ -111,18 +111,13 @@ def _resolve_plugins(cfg: ExperimentConfig, source: str, lines: dict[str, int], 
         allocator.check_budget(cfg.allocation.options, cfg.rollout.n_samples)
     except OptionError as e:
         fail(f"allocation.options.{e.key}", e.message)
-    every = cfg.allocation.every
-    if every < 1:
-        fail("allocation.every", f"must be >= 1 (steps per allocation chunk), got {every}")
-    if every > 1:
-        built = allocator(cfg.allocation.options, cfg.rollout.n_samples)
-        if built.max_rounds > 1:
-            fail("allocation.every", f"allocator {cfg.allocation.name!r} refills each step over generation rounds, "
-                 "which a plan made for the whole chunk cannot hold; use every: 1")
-        if built.reuse_presamples and built.presample_n:
-            fail("allocation.options.reuse_presamples", f"must be false with allocation.every: {every}: the "
-                 "chunk's pre-samples come from the policy of its first step and would be trained on up to "
-                 f"{every - 1} policy versions later")
+    if cfg.allocation.every != 1:
+        from rlcore.sampling import chunk_plan_conflict
+
+        conflict = chunk_plan_conflict(allocator(cfg.allocation.options, cfg.rollout.n_samples), cfg.allocation.every,
+                                       cfg.allocation.name)
+        if conflict:
+            fail(*conflict)
 
 
 def _resolve_plugin(section: str, settings, find, options_of, source: str, lines: dict[str, int], fail):

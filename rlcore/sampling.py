@@ -58,6 +58,23 @@ class PlannedPrompt:
     next_sample: int
 
 
+def chunk_plan_conflict(allocator, every: int, name: str | None = None) -> tuple[str, str] | None:
+    """(config key, why) when `allocator` (`allocation.name` = `name`) cannot serve a chunk plan
+    of `every` steps; None if it can."""
+    if every < 1:
+        return "allocation.every", f"must be >= 1 (steps per allocation chunk), got {every}"
+    if every == 1:
+        return None
+    if allocator.max_rounds > 1:
+        return ("allocation.every", f"allocator {name or allocator.name!r} refills each step over generation rounds, "
+                "which a plan made for the whole chunk cannot hold; use every: 1")
+    if allocator.reuse_presamples and allocator.presample_n:
+        return ("allocation.options.reuse_presamples", f"must be false with allocation.every: {every}: the "
+                "chunk's pre-samples come from the policy of its first step and would be trained on up to "
+                f"{every - 1} policy versions later")
+    return None
+
+
 class GroupSampler:
     """Carries out the allocator's plan each step.
 
@@ -67,11 +84,9 @@ class GroupSampler:
     """
 
     def __init__(self, allocator, source, renderer, prompts_per_step: int, n_samples: int, every: int = 1):
-        if every < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
-        if every > 1 and (allocator.max_rounds > 1 or (allocator.reuse_presamples and allocator.presample_n)):
-            raise ValueError("a chunk plan (every > 1) needs an allocator with one generation round per step "
-                             "whose pre-samples are not trained on")
+        conflict = chunk_plan_conflict(allocator, every)
+        if conflict:
+            raise ValueError(f"{conflict[0]}: {conflict[1]}")
         self.allocator = allocator
         self.source = source
         self.renderer = renderer

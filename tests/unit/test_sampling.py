@@ -236,7 +236,7 @@ def test_gvm_exclude_solved_gives_always_solved_prompts_no_samples():
 
 
 def test_a_chunk_plan_refuses_allocators_that_train_on_presamples_or_refill():
-    with pytest.raises(ValueError, match="one generation round"):
-        sampler_every = GroupSampler(allocator("gvm"), None, Renderer(), 4, 4, every=2)  # noqa: F841
-    with pytest.raises(ValueError, match="one generation round"):
+    with pytest.raises(ValueError, match="allocation.options.reuse_presamples: must be false"):
+        GroupSampler(allocator("gvm"), None, Renderer(), 4, 4, every=2)
+    with pytest.raises(ValueError, match="allocation.every: allocator 'dapo_filter' refills"):
         GroupSampler(allocator("dapo_filter"), None, Renderer(), 4, 4, every=2)
