@@ -82,8 +82,7 @@ class CriticWorker(LearnerWorker):
         over optimizer steps; "critic/vf_grad_norm" the gradient norm before clipping.
         """
         t0 = time.perf_counter()
-        for group in self.optimizer.param_groups:
-            group["lr"] = settings.lr
+        self._set_lr(settings.lr)
         clip = self.cfg.critic.value_clip
 
         def step(indices: np.ndarray) -> dict[str, float]:

@@ -226,13 +226,16 @@ class LearnerWorker:
         reproduce the full-batch loss exactly.
         """
         t0 = time.perf_counter()
-        for group in self.optimizer.param_groups:
-            group["lr"] = settings.lr
+        self._set_lr(settings.lr)
         metrics = self._train_steps(batch, settings, lambda mini: self._optimizer_step(batch, mini, loss, settings))
         # Keys that already name their section ("async/is_weight_mean") keep it.
         out = {(k if "/" in k else f"train/{k}"): v for k, v in metrics.items()}
         out["time/update_rank_s"] = time.perf_counter() - t0
         return out
+
+    def _set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     def _global_sum(self, value: float) -> float:
         t = torch.tensor([value], dtype=torch.float64, device=self.device)
