@@ -35,6 +35,8 @@ Importing trl warns that it supports vLLM <= 0.31; it is not used here (`use_vll
 
     python benchmarks/vs_trl.py --preset tiny [--steps 40] [--warmup 2] [--out DIR]
     python benchmarks/vs_trl.py --preset real [--steps 20] [--out DIR]
+    python benchmarks/vs_trl.py --preset tiny --seeds 0 1 2 3 [--out DIR]   # DIR/seed_N each, then
+        the across-seed summary below; --across FILE_OR_DIR... prints it for earlier results
         [--seed N] [--sft-steps N] [--start-model HF_DIR] [--only ours|trl] [--report-only]
         [--keep-checkpoints] [-- extra.overrides=...]   (applied to both sides, checked first)
 
@@ -71,6 +73,16 @@ samples across frameworks, so this is statistical: the prompts of a step are the
 sides, so the per-step differences ours - TRL are paired (95% t-interval and a bootstrap
 interval over steps; Welch's unpaired interval if the prompt streams differ). "agree" means
 the interval contains 0; with few steps the intervals are wide, so look at their width.
+
+That test holds one run of each side against the other. The per-step interval covers the
+sampling noise within those two runs, not the run-to-run variation of either framework (each
+run follows its own sampled path: which answers got reinforced early shapes the rest), so one
+seed's verdict can say DIFFER where the frameworks do not. The question "does the speed-up change
+what is learnt" is answered across seeds: with --seeds (or --across), each seed (its own SFT
+start, prompt stream and sampling) gives one paired difference of mean training reward (ours -
+TRL over all steps), and the curves agree within noise when the 95% t-interval of those
+differences over the seeds contains 0; the summary also shows each side's seed-to-seed spread
+of mean reward, the scale that a difference is read on.
 
 Output: the table on stdout, and --out/vs_trl.json with per-step rows of both sides, summaries,
 ratios, the checks, machine info (CPU, get_cpu_capability(), load averages) and versions.
@@ -343,6 +355,57 @@ def _cell(s: dict) -> str:
     if not s or s.get("median") is None:
         return "n/a"
     return f"{s['median']:.3f} [{s['min']:.3f}-{s['max']:.3f}]"
+
+
+def across_seeds(results: list[dict]) -> dict:
+    """One paired difference of mean training reward per seed, and its interval over the seeds."""
+    rows = []
+    for r in results:
+        o = [float(x["reward_mean"]) for x in r["per_step"]["ours"]]
+        t = [float(x["reward_mean"]) for x in r["per_step"]["trl"]]
+        n = min(len(o), len(t))
+        rows.append({"seed": r["seed"], "steps": n, "ours": sum(o[:n]) / n, "trl": sum(t[:n]) / n,
+                     "diff": (sum(o[:n]) - sum(t[:n])) / n, "step_ratio": r["step_ratio"]["median"],
+                     "per_step_verdict": r["agreement"]["verdict"]})
+    diffs = [row["diff"] for row in rows]
+    iv = paired_interval(diffs, [0.0] * len(diffs))
+    spread = {side: statistics.stdev([row[side] for row in rows]) if len(rows) > 1 else float("nan")
+              for side in ("ours", "trl")}
+    known = not math.isnan(iv["lo"])
+    verdict = ("agree" if iv["lo"] <= 0 <= iv["hi"] else "DIFFER") if known else "n/a (one seed)"
+    ratios = [row["step_ratio"] for row in rows]
+    return {"seeds": rows, "diff": iv, "seed_sd": spread, "verdict": verdict,
+            "step_ratio": {"mean": sum(ratios) / len(ratios), "min": min(ratios), "max": max(ratios)}}
+
+
+def format_across(summary: dict) -> str:
+    lines = ["across seeds: mean training reward over all steps (ours - TRL paired by seed)",
+             f"{'seed':>6}{'steps':>7}{'ours':>8}{'TRL':>8}{'diff':>9}{'step ours/TRL':>15}  per-step test"]
+    for row in summary["seeds"]:
+        lines.append(f"{row['seed']:>6}{row['steps']:>7}{row['ours']:>8.3f}{row['trl']:>8.3f}{row['diff']:>+9.3f}"
+                     f"{row['step_ratio']:>14.2f}x  {row['per_step_verdict']}")
+    d, sd, sr = summary["diff"], summary["seed_sd"], summary["step_ratio"]
+    lines.append(f"mean diff {_fmt(d['diff'], '+.3f')} [{_fmt(d['lo'], '+.3f')}, {_fmt(d['hi'], '+.3f')}] over "
+                 f"{d['n']} seeds (95% t); seed-to-seed SD of mean reward: ours {_fmt(sd['ours'])}, TRL {_fmt(sd['trl'])}")
+    lines.append(f"step time ours/TRL: mean {sr['mean']:.2f}x ({sr['min']:.2f}-{sr['max']:.2f}x)")
+    lines.append(f"reward curves across seeds: {summary['verdict']}")
+    return "\n".join(lines)
+
+
+def load_results(paths: list[str]) -> list[dict]:
+    """vs_trl.json files, or directories holding one (directly or in seed_N/)."""
+    found = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if path.is_dir():
+            found += [path / "vs_trl.json"] if (path / "vs_trl.json").is_file() else sorted(path.glob("seed_*/vs_trl.json"))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise SystemExit(f"--across: {path} is neither a vs_trl.json nor a directory")
+    if not found:
+        raise SystemExit(f"--across: no vs_trl.json under {' '.join(paths)}")
+    return [json.loads(f.read_text()) for f in found]
 
 
 def format_report(result: dict) -> str:
@@ -717,8 +780,16 @@ def main() -> None:
     ap.add_argument("--only", choices=["ours", "trl"], default=None, help="run one side; the other is read from --out")
     ap.add_argument("--report-only", action="store_true", help="rebuild the report from what --out holds")
     ap.add_argument("--keep-checkpoints", action="store_true", help="keep our run's final checkpoint")
+    ap.add_argument("--seeds", type=int, nargs="+", help="run each seed into --out/seed_N, then summarise across them")
+    ap.add_argument("--across", nargs="+", metavar="PATH", help="only summarise earlier results across seeds")
     ap.add_argument("overrides", nargs="*", help="config overrides for both sides (checked against TRL's mapping)")
     args = ap.parse_args()
+    if args.across:
+        print(format_across(across_seeds(load_results(args.across))))
+        return
+    if args.seeds:
+        run_seeds(args)
+        return
     preset = PRESETS[args.preset]
     args.steps = args.steps or preset.steps
     if not 0 <= args.warmup < args.steps:
@@ -777,6 +848,27 @@ def main() -> None:
     (out / "vs_trl.json").write_text(json.dumps(result, indent=2))
     (out / "report.txt").write_text(text + "\n")
     print(f"wrote {out / 'vs_trl.json'}")
+
+
+def run_seeds(args) -> None:
+    """This script once per seed (each in its own process, one after the other), then the summary."""
+    if args.seed is not None or args.only or args.report_only:
+        raise SystemExit("--seeds runs whole comparisons: leave out --seed, --only and --report-only")
+    out = Path(args.out).expanduser().resolve() if args.out else Path(tempfile.mkdtemp(prefix="vs_trl_")).resolve()
+    same = ["--preset", args.preset, "--warmup", str(args.warmup)]
+    for flag, value in (("--steps", args.steps), ("--sft-steps", args.sft_steps), ("--start-model", args.start_model)):
+        if value is not None:
+            same += [flag, str(value)]
+    same += ["--keep-checkpoints"] if args.keep_checkpoints else []
+    for seed in args.seeds:
+        print(f"=== seed {seed} -> {out / f'seed_{seed}'}", flush=True)
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), *same, "--seed", str(seed),
+                        "--out", str(out / f"seed_{seed}"), "--", *args.overrides], check=True)
+    summary = across_seeds(load_results([str(out / f"seed_{s}") for s in args.seeds]))
+    text = format_across(summary)
+    print(text)
+    (out / "across_seeds.json").write_text(json.dumps(summary, indent=2))
+    (out / "across_seeds.txt").write_text(text + "\n")
 
 
 if __name__ == "__main__":

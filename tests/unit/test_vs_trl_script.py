@@ -179,3 +179,32 @@ def test_report_table(vt):
     assert "ours 7.00-10.00 s, TRL 3.50-5.00 s" not in text  # warm-up step dropped from the ranges
     assert "ours 8.00-10.00 s, TRL 4.00-5.00 s" in text
     assert "TRL update: clip + AdamW" in text and "1024/1024" in text and "reward curves: agree" in text
+
+
+def _seed_result(seed: int, ours: list[float], trl: list[float], ratio: float = 0.9) -> dict:
+    return {"seed": seed, "step_ratio": {"median": ratio}, "agreement": {"verdict": "agree"},
+            "per_step": {"ours": [{"reward_mean": r} for r in ours], "trl": [{"reward_mean": r} for r in trl]}}
+
+
+def test_across_seeds_pairs_each_seed_and_judges_over_seeds(vt, tmp_path):
+    # seed-level differences +0.1, -0.05, +0.02: scattered around 0 -> agree
+    runs = [_seed_result(0, [0.2, 0.4], [0.1, 0.3]), _seed_result(1, [0.5, 0.5], [0.55, 0.55], 0.8),
+            _seed_result(2, [0.3, 0.32, 0.9], [0.3, 0.3, 0.86], 1.0)]
+    s = vt.across_seeds(runs)
+    assert [round(r["diff"], 6) for r in s["seeds"]] == [0.1, -0.05, 0.02]
+    assert s["diff"]["diff"] == pytest.approx(0.07 / 3) and s["diff"]["n"] == 3
+    assert s["verdict"] == "agree" and s["step_ratio"] == {"mean": pytest.approx(0.9), "min": 0.8, "max": 1.0}
+    # a difference of the same sign and size on every seed is not noise
+    biased = [_seed_result(i, [0.5 + 0.01 * i, 0.6], [0.4 + 0.01 * i, 0.5]) for i in range(3)]
+    assert vt.across_seeds(biased)["verdict"] == "DIFFER"
+    assert vt.across_seeds(runs[:1])["verdict"].startswith("n/a")  # one seed has no spread to judge by
+    # results are found as files, as a directory's own vs_trl.json, or in its seed_N/ folders
+    for r in runs:
+        (tmp_path / f"seed_{r['seed']}").mkdir()
+        (tmp_path / f"seed_{r['seed']}" / "vs_trl.json").write_text(json.dumps(r))
+    assert [r["seed"] for r in vt.load_results([str(tmp_path)])] == [0, 1, 2]
+    assert [r["seed"] for r in vt.load_results([str(tmp_path / "seed_1")])] == [1]
+    text = vt.format_across(s)
+    assert "reward curves across seeds: agree" in text and "+0.023" in text
+    with pytest.raises(SystemExit, match="neither"):
+        vt.load_results([str(tmp_path / "missing")])
