@@ -11,7 +11,9 @@ The driver only passes object refs for weights; it never deserialises them.
 from __future__ import annotations
 
 import os
+import shlex
 import socket
+import sys
 import uuid
 from pathlib import Path
 
@@ -54,10 +56,23 @@ def connect(cfg: ExperimentConfig) -> None:
         address="local",
         num_cpus=num_cpus,
         include_dashboard=False,
-        runtime_env={"env_vars": {**WORKER_ENV, **LOOPBACK_ENV}},
+        runtime_env=local_runtime_env(),
         log_to_driver=True,
         configure_logging=False,
     )
+
+
+def local_runtime_env() -> dict:
+    """The runtime env of a local cluster's workers.
+
+    Ray starts each worker with ``bash -c "exec <python> ..."`` and leaves the interpreter's path
+    unquoted (ray/_private/runtime_env/context.py), so a venv under a path with a space in it
+    started no worker at all. A local cluster runs this interpreter, so name it, quoted.
+    """
+    env: dict = {"env_vars": {**WORKER_ENV, **LOOPBACK_ENV}}
+    if shlex.quote(sys.executable) != sys.executable:
+        env["py_executable"] = shlex.quote(sys.executable)
+    return env
 
 
 @ray.remote
