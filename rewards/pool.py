@@ -22,15 +22,17 @@ item keeps its score), or is killed at the deadline. Each worker set aside lets 
 one more worker (up to ``_MAX_EXTRA``), so that further hangs are found in parallel rather than
 one stall after another. However many items hang (up to ``_MAX_ASIDE`` at once), each waits in
 its own process and all their clocks run together: a call costs about one ``timeout_s`` more
-than a clean one, plus a process start per hung item. Hence the forkserver: it has imported
-this package already, so a worker starts in ~10 ms instead of the ~150 ms of spawn.
+than a clean one, plus a worker start per hung item. Hence the zygote (rewards/zygote.py): a
+worker is a fork of a process that has loaded the reward already: 3-4 ms of CPU instead of the
+~8 ms of a multiprocessing start, so 256 of 256 items hanging for a 2 s timeout cost 2.7-2.8 s
+here (benchmarks/hanging_rewards.py).
 
-Workers are started (non-blocking, once the forkserver is up: once per process) when the
-pool is constructed, so their start-up overlaps with whatever the caller does next (e.g.
-generation); ``score`` dispatches to each worker as soon as it reports ready. Workers are
-daemonic, so a reward function cannot itself use ``multiprocessing.Process`` (``subprocess``
-is fine; a killed worker takes its process group, and so such subprocesses, with it). POSIX
-only.
+The zygote is started when the pool is constructed and workers are asked of it at once
+(non-blocking), so their start-up overlaps with whatever the caller does next (e.g.
+generation); ``score`` dispatches to each worker as soon as it reports ready. A dead zygote is
+replaced and costs nothing (its workers live on). Workers are daemonic, so a reward function
+cannot itself use ``multiprocessing.Process`` (``subprocess`` is fine; a killed worker takes
+its process group, and so such subprocesses, with it). POSIX only.
 
 A reward that cannot be loaded inside the workers (import error, broken pickle) is a
 configuration error: ``score`` raises RewardError instead of returning failed results.
@@ -53,7 +55,8 @@ from typing import Sequence
 from rewards.registry import RewardSpec
 from rewards.schema import RewardError, RewardInput, RewardResult
 from rewards.serialization import make_payload
-from rewards.worker import WorkerHandle, kill_worker, mp_context, shutdown_workers, start_worker
+from rewards.worker import WorkerHandle, kill_worker, mp_context, shutdown_workers
+from rewards.zygote import Zygote, ZygoteGone, ZygoteInitError
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +137,9 @@ class RewardPool:
         self._payload = make_payload(reward)  # validates the spec here, with a clear error
         self._ctx = mp_context(start_method)
         self._workers: list[WorkerHandle] = []  # all live ones: num_workers + 1 spare, plus any set aside
+        self._zygote: list[Zygote] = []  # the one that forks workers (a list: the finalizer holds it)
+        # Never written; closing it (or dying) tells the zygotes and all their workers to exit.
+        self._lifeline_r, self._lifeline_w = self._ctx.Pipe(duplex=False)
         self._recent: collections.deque[float] = collections.deque(maxlen=_RECENT_ITEMS)  # item times (s)
         self._stall_s = max(_STALL_FLOOR_S, self.timeout_s / 4)  # until _MIN_HISTORY item times are known
         self._score_lock = threading.Lock()
@@ -147,7 +153,8 @@ class RewardPool:
         self._window = dict.fromkeys(_METRIC_KEYS, 0.0)
         self._totals = dict.fromkeys(_METRIC_KEYS, 0.0)
         # Registered before any worker exists, so a failure below still cleans up.
-        self._finalizer = weakref.finalize(self, shutdown_workers, self._workers)
+        self._finalizer = weakref.finalize(self, _shut_down, self._workers, self._zygote,
+                                           (self._lifeline_r, self._lifeline_w))
         self._top_up()
 
     # ------------------------------------------------------------------ public API
@@ -201,7 +208,7 @@ class RewardPool:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         self._check_open()
         with self._score_lock:
-            while any(w.state == "starting" for w in self._workers):
+            while self._starting():
                 if self._closing.is_set() or (deadline is not None and time.monotonic() >= deadline):
                     return False
                 self._wait_and_collect(_Job([]))
@@ -224,6 +231,11 @@ class RewardPool:
     def worker_pids(self) -> list[int]:
         """Current worker process ids, the spare and any set-aside workers included; for monitoring."""
         return [w.process.pid for w in self._workers]
+
+    @property
+    def zygote_pid(self) -> int | None:
+        """The process the workers are forked from (rewards/zygote.py); for monitoring."""
+        return self._zygote[0].process.pid if self._zygote else None
 
     def close(self) -> None:
         """Stop accepting work and kill the workers.
@@ -325,12 +337,15 @@ class RewardPool:
 
     def _wait_and_collect(self, job: _Job) -> None:
         active = [w for w in self._workers if w.state in ("starting", "busy")]
-        if not active:
+        zygote = self._current_zygote()
+        if not active and zygote.ready and not zygote.pending:
             return
-        wake = min([w.deadline for w in active] + [self._stall_at(w) for w in self._stall_candidates(job)])
+        wake = min([w.deadline for w in active] + [self._stall_at(w) for w in self._stall_candidates(job)]
+                   + ([] if zygote.ready else [zygote.start_deadline]), default=math.inf)
         timeout = min(_MAX_WAIT_S, max(0.0, wake - time.monotonic()))
-        waitables = [w.conn for w in active] + [w.process.sentinel for w in active]
+        waitables = [w.conn for w in active] + [w.process.sentinel for w in active] + zygote.waitables()
         ready = set(mp_connection.wait(waitables, timeout))
+        self._pump_zygote()
         for w in active:
             if w in self._workers and (w.conn in ready or w.process.sentinel in ready):
                 self._handle_event(w, job)
@@ -341,6 +356,8 @@ class RewardPool:
                 self._lost(w, job, f"timeout after {self.timeout_s}s")
             elif w.state == "starting" and now >= w.deadline:
                 self._start_failed(w, f"not ready after {self.start_timeout_s}s")
+        if not zygote.ready and now >= zygote.start_deadline and zygote is self._current_zygote():
+            self._zygote_failed(f"reward zygote not ready after {self.start_timeout_s}s")
         for w in self._stall_candidates(job):
             if now >= self._stall_at(w):
                 self._set_aside(w, job)
@@ -401,6 +418,7 @@ class RewardPool:
             logger.debug("reward worker pid=%s died on item %s (exit code %s)", w.process.pid, w.chunk[0], exitcode)
             self._lost(w, job, f"worker died (exit code {exitcode})")
         else:
+            logger.debug("reward worker pid=%s (%s) exited (exit code %s)", w.process.pid, w.state, exitcode)
             self._drop(w)
 
     def _handle_message(self, w: WorkerHandle, msg, job: _Job) -> bool:
@@ -437,8 +455,6 @@ class RewardPool:
         elif kind == "fallback" and w.state == "busy":  # the batched call raised; now item by item
             w.started = time.monotonic()
             w.deadline = w.started + self.timeout_s * len(w.chunk)
-        elif kind == "init_error":
-            raise RewardError(f"reward worker failed to load the reward: {msg[1]}")
         else:  # cannot happen with a well-behaved worker; never trust it afterwards
             self._lost(w, job, f"protocol error: unexpected message {kind!r}")
             return False
@@ -467,9 +483,6 @@ class RewardPool:
 
     # ------------------------------------------------------------------ workers
 
-    def _spawn(self) -> WorkerHandle:
-        return start_worker(self._ctx, self._payload, self.failure_score, self.start_timeout_s)
-
     def _width(self) -> int:
         """How many workers may score at once: ``num_workers``, plus one per worker set aside in
         this call (up to ``_MAX_EXTRA``). With one worker, hangs would be found one after another
@@ -479,9 +492,54 @@ class RewardPool:
 
     def _top_up(self) -> None:
         """Keep ``_width()`` workers plus one warm spare that are not set aside (starting ones
-        count), so that a set-aside worker is replaced at once, not after a process start."""
-        while sum(not w.aside for w in self._workers) < self._width() + 1:
-            self._workers.append(self._spawn())
+        count, and so do those asked of the zygote), so that a set-aside worker is replaced at
+        once, not after a process start."""
+        zygote = self._current_zygote()
+        missing = self._width() + 1 - sum(not w.aside for w in self._workers) - zygote.pending
+        if missing > 0:
+            try:
+                zygote.request(missing)
+            except OSError:  # it died: found and replaced on the next wait
+                pass
+
+    def _current_zygote(self) -> Zygote:
+        if not self._zygote:
+            self._zygote.append(Zygote(self._ctx, self._payload, self.failure_score, self.start_timeout_s,
+                                       self._lifeline_r))
+        return self._zygote[0]
+
+    def _starting(self) -> bool:
+        zygote = self._current_zygote()
+        return not zygote.ready or zygote.pending > 0 or any(w.state == "starting" for w in self._workers)
+
+    def _pump_zygote(self) -> None:
+        """Take the zygote's news: new workers, exit codes; replace it if it is gone."""
+        zygote = self._current_zygote()
+        try:
+            zygote.pump()
+        except ZygoteInitError as exc:
+            raise RewardError(f"reward worker failed to load the reward: {exc}") from None
+        except ZygoteGone as exc:
+            self._zygote_failed(str(exc))
+        finally:
+            while zygote.spawned:
+                process, conn = zygote.spawned.popleft()
+                self._workers.append(WorkerHandle(process, conn, time.monotonic() + self.start_timeout_s))
+
+    def _zygote_failed(self, why: str) -> None:
+        """The workers it made live on (their exit codes are unknown from now on); a new one makes more."""
+        zygote = self._zygote.pop()
+        zygote.close()
+        if zygote.ready:
+            logger.warning("%s; starting another", why)
+            self._top_up()
+            return
+        self._start_failures += 1
+        logger.warning("%s (%d consecutive start failures)", why, self._start_failures)
+        if self._start_failures >= _MAX_START_FAILURES:
+            self._start_failures = 0
+            raise RewardError(f"reward workers keep failing to start; last: {why}")
+        self._top_up()
 
     def _trim(self) -> None:
         """At the end of a call, let go of idle workers beyond ``_width()`` + 1, newest first: a
@@ -523,6 +581,15 @@ class RewardPool:
             for key, value in delta.items():
                 self._window[key] += value
                 self._totals[key] += value
+
+
+def _shut_down(workers: list[WorkerHandle], zygote: list[Zygote], lifeline: tuple) -> None:
+    shutdown_workers(workers)
+    for z in zygote:
+        z.close()
+    zygote.clear()
+    for end in lifeline:  # any worker left (an old zygote's, one still being handed over) exits
+        end.close()
 
 
 def _with_throughput(counters: dict[str, float]) -> dict[str, float]:

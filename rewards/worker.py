@@ -1,10 +1,11 @@
-"""A reward worker process: its main loop (child side) and its start/kill helpers (parent side).
+"""A reward worker process: its main loop (child side) and its kill helpers (parent side).
 
-Protocol over a duplex Pipe:
+Workers are forked from a zygote that has loaded the reward (rewards/zygote.py). Protocol over
+a worker's duplex connection:
   parent -> child: ``("score", [(idx, RewardInput), ...])`` (a chunk), or ``None`` to exit; to a
   busy single-item worker, ``("cut",)``: stop this chunk before the next item.
-  child -> parent: ``("ready", pid, batched)`` once the reward is loaded, ``("init_error", text)``
-  if it cannot be loaded, then ``("results", [(idx, pickled RewardResult), ...])`` messages, and
+  child -> parent: ``("ready", pid, batched)`` first, then ``("results", [(idx, pickled
+  RewardResult), ...])`` messages, and
   ``("cut", [idx, ...])`` once a cut is seen (before its next item, or when idle): the items of
   the chunk it did not start; nothing more will come for that chunk.
 
@@ -24,36 +25,15 @@ import pickle
 import signal
 import threading
 import time
-import traceback
 
-from rewards.registry import call_batched, call_reward, is_batched
+from rewards.registry import call_batched, call_reward
 from rewards.schema import RewardResult
-from rewards.serialization import Payload, load_payload
 
 PARENT_POLL_S = 0.5
 
 
-def worker_main(conn, payload: Payload, failure_score: float, lifeline=None, env: dict | None = None) -> None:
-    """Load the reward once, then score chunks until EOF/None or until the pool's process disappears.
-
-    ``env`` is the pool's environment when it started this worker: a forkserver child would
-    otherwise see the forkserver's (frozen when that server started), not the pool's current one.
-    """
-    _detach_from_terminal_signals()
-    if env is not None and env != os.environ:
-        os.environ.clear()
-        os.environ.update(env)
-    # Baseline is whoever our parent is now: the pool's process (spawn/fork) or the forkserver,
-    # which outlives the pool while any worker lives: the lifeline covers that case.
-    _start_parent_watchdog(os.getppid(), lifeline)
-    try:
-        fn = load_payload(payload)
-        batched = is_batched(fn)
-    except BaseException as exc:
-        _send_quietly(conn, ("init_error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
-        return
-    if not _send_quietly(conn, ("ready", os.getpid(), batched)):
-        return
+def serve(conn, fn, batched: bool, failure_score: float) -> None:
+    """Score chunks from ``conn`` with the loaded reward ``fn`` until EOF or None."""
     loop = _LazyLoop()
     dropped: list[int] = []  # the items of the last chunk left unscored because of a cut
     while True:
@@ -64,14 +44,14 @@ def worker_main(conn, payload: Payload, failure_score: float, lifeline=None, env
         if msg is None:
             return
         if msg[0] == "cut":  # we were set aside: say which items we did not score
-            if not _send_quietly(conn, ("cut", dropped)):
+            if not send_quietly(conn, ("cut", dropped)):
                 return
             dropped = []
             continue
         _, chunk = msg
         if batched:
             items = [item for _, item in chunk]
-            results = call_batched(fn, items, failure_score, loop, on_fallback=lambda: _send_quietly(conn, ("fallback",)))
+            results = call_batched(fn, items, failure_score, loop, on_fallback=lambda: send_quietly(conn, ("fallback",)))
             if not _send_results(conn, [(idx, r) for (idx, _), r in zip(chunk, results)], failure_score):
                 return
         else:
@@ -106,10 +86,10 @@ def _send_results(conn, results, failure_score: float) -> bool:
             reason = f"bad return type: result not picklable: {type(exc).__name__}: {exc}"
             data = pickle.dumps(RewardResult.failure(reason, failure_score))
         out.append((idx, data))
-    return _send_quietly(conn, ("results", out))
+    return send_quietly(conn, ("results", out))
 
 
-def _send_quietly(conn, msg) -> bool:
+def send_quietly(conn, msg) -> bool:
     """Send, returning False if the parent has gone away (pool closed while we started up)."""
     try:
         conn.send(msg)
@@ -118,7 +98,7 @@ def _send_quietly(conn, msg) -> bool:
         return False
 
 
-def _detach_from_terminal_signals() -> None:
+def detach_from_terminal_signals() -> None:
     """Own process group + ignore Ctrl-C: the parent decides when workers stop.
 
     The process group also lets the parent kill a hung reward together with any
@@ -131,24 +111,18 @@ def _detach_from_terminal_signals() -> None:
         pass
 
 
-def _start_parent_watchdog(parent_pid: int, lifeline=None) -> None:
+def start_parent_watchdog(lifeline) -> None:
     """Exit once the pool's process is gone, even while a reward call is hung.
 
-    Two signs, either enough: we were reparented (our parent died: spawn/fork), or the read end
-    of ``lifeline``, whose only writer is the pool's process, hit EOF (forkserver: our parent is
-    the server, which stays up while any worker lives). The pool never writes to the lifeline,
-    so "readable" means EOF. A reward stuck in C code holding the GIL delays this until it
+    The sign: the read end of ``lifeline``, whose only writer is the pool's process, hit EOF
+    (our parent is the zygote, not the pool). The pool never writes to the lifeline, so
+    "readable" means EOF. A reward stuck in C code holding the GIL delays this until it
     returns; the parent's per-item timeout covers that case while the parent lives.
     """
 
     def watch() -> None:
-        while True:
-            if os.getppid() != parent_pid:
-                os._exit(0)
-            if lifeline is None:
-                time.sleep(PARENT_POLL_S)
-            elif lifeline.poll(PARENT_POLL_S):
-                os._exit(0)
+        lifeline.poll(None)
+        os._exit(0)
 
     threading.Thread(target=watch, name="reward-parent-watchdog", daemon=True).start()
 
@@ -157,48 +131,29 @@ def _start_parent_watchdog(parent_pid: int, lifeline=None) -> None:
 
 
 def mp_context(start_method: str):
-    """The multiprocessing context for workers. A forkserver is also told to import this package
-    and cloudpickle (which unpickles by-value rewards) before it forks anything, so that a worker
-    starts in ~10 ms of CPU rather than ~20 (~150 with spawn). This only works before the server
-    starts (once per process); if it already runs without them, workers just start slower."""
+    """The multiprocessing context for the zygote. A forkserver is also told to import this
+    package and cloudpickle (which unpickles by-value rewards) before it forks anything. This
+    only works before the server starts (once per process); if it already runs without them,
+    the zygote just starts slower."""
     ctx = multiprocessing.get_context(start_method)
     if start_method == "forkserver":
         from multiprocessing import forkserver
 
         preload = list(getattr(forkserver._forkserver, "_preload_modules", None) or ["__main__"])
-        missing = [m for m in ("rewards.worker", "cloudpickle") if m not in preload]
+        missing = [m for m in ("rewards.zygote", "cloudpickle") if m not in preload]
         if missing:
             ctx.set_forkserver_preload(preload + missing)  # a module that fails to import is skipped
     return ctx
 
 
-def start_worker(ctx, payload: Payload, failure_score: float, start_timeout_s: float) -> "WorkerHandle":
-    """Start a worker process (non-blocking); it says "ready" once its reward is loaded."""
-    parent_conn, child_conn = ctx.Pipe(duplex=True)
-    lifeline_r, lifeline_w = ctx.Pipe(duplex=False)
-    args = (child_conn, payload, failure_score, lifeline_r, dict(os.environ))
-    process = ctx.Process(target=worker_main, args=args, name="reward-worker", daemon=True)
-    try:
-        process.start()
-    except BaseException:
-        lifeline_w.close()
-        parent_conn.close()
-        raise
-    finally:
-        child_conn.close()
-        lifeline_r.close()
-    return WorkerHandle(process, parent_conn, lifeline_w, time.monotonic() + start_timeout_s)
-
-
 class WorkerHandle:
     """Parent side: the process, its pipe ends, and what the pool has it doing."""
 
-    __slots__ = ("process", "conn", "lifeline", "state", "chunk", "batched", "deadline", "started", "aside", "cut")
+    __slots__ = ("process", "conn", "state", "chunk", "batched", "deadline", "started", "aside", "cut")
 
-    def __init__(self, process, conn, lifeline, start_deadline: float) -> None:
-        self.process = process
+    def __init__(self, process, conn, start_deadline: float) -> None:
+        self.process = process  # a rewards.zygote.ForkedProcess
         self.conn = conn
-        self.lifeline = lifeline  # write end, never written: closing it (or dying) tells the worker to exit
         self.state = "starting"  # -> "idle" <-> "busy"
         self.chunk: list[int] = []  # indices sent and not answered yet, in order
         self.batched = False  # told by the worker once its reward is loaded
@@ -209,47 +164,25 @@ class WorkerHandle:
 
 
 def kill_worker(worker: WorkerHandle, wait_exit_s: float = 0.0, reap: bool = True) -> int | None:
-    """SIGKILL the worker and anything it started (its process group), reap it, return its exit code.
+    """SIGKILL the worker and anything it started (its process group), close our ends of it, and
+    return its exit code (None when not known yet).
 
-    ``wait_exit_s`` first gives a worker that is already exiting time to finish, so its own
-    exit code is reported rather than our SIGKILL. ``reap=False`` does not wait for the exit
-    to be confirmed (a forkserver may take tens of ms to report it on a busy machine, and the
-    pool may kill dozens of hung workers at once); multiprocessing reaps such a process on a
-    later start or at exit, and its exit code is then unknown here (None).
+    ``wait_exit_s`` first gives a worker that is already exiting time to finish, so its own exit
+    code is reported rather than our SIGKILL. ``reap`` waits (up to 5 s) for the zygote to
+    report the exit code; the pool skips that when it kills dozens of hung workers at once.
     """
     process = worker.process
     if wait_exit_s > 0:
         mp_connection.wait([process.sentinel], wait_exit_s)
-    if process.pid is not None and _pid_still_held(process):
-        try:
-            # The worker made itself group leader. Its pid is still held (running or zombie),
-            # so the group id cannot belong to an unrelated process.
-            os.killpg(process.pid, signal.SIGKILL)
-        except OSError:
-            pass  # group not set up yet (still starting) or already empty
-    if process.pid is not None and process.exitcode is None:
-        try:
-            process.kill()
-        except (OSError, ValueError):
-            pass
+    process.kill()
     if reap:
         process.join(5.0)
-    for end in (worker.conn, worker.lifeline):
-        try:
-            end.close()
-        except OSError:
-            pass
-    return process.exitcode
-
-
-def _pid_still_held(process) -> bool:
-    """True while the worker's pid cannot have been reused (running or zombie); does not reap it."""
     try:
-        os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        return True
-    except ChildProcessError:
-        # Not our child (forkserver start method: the server reaps it) or already reaped.
-        return process.exitcode is None
+        worker.conn.close()
+    except OSError:
+        pass
+    process.close()
+    return process.exitcode
 
 
 def shutdown_workers(workers: list[WorkerHandle], grace_s: float = 1.0) -> None:
@@ -261,14 +194,11 @@ def shutdown_workers(workers: list[WorkerHandle], grace_s: float = 1.0) -> None:
             except (OSError, ValueError):
                 pass
         else:
-            kill_worker(w)
-        try:
-            w.conn.close()
-        except OSError:
-            pass
+            w.process.kill()
     deadline = time.monotonic() + grace_s
     for w in workers:
-        mp_connection.wait([w.process.sentinel], max(0.0, deadline - time.monotonic()))
+        if not w.process.closed:
+            mp_connection.wait([w.process.sentinel], max(0.0, deadline - time.monotonic()))
     for w in workers:
-        kill_worker(w)
+        kill_worker(w, reap=False)
     workers.clear()

@@ -107,6 +107,23 @@ def test_hang_times_out_and_batch_continues(pool):
     assert_ok(pool.score([ok(5)])[0], 5)
 
 
+def test_a_dead_zygote_costs_no_item_and_is_replaced():
+    with RewardPool(behaving_reward, num_workers=2, timeout_s=TIMEOUT_S) as p:
+        assert [r.score for r in p.score([ok(i) for i in range(4)])] == [0.0, 1.0, 2.0, 3.0]
+        workers, zygote = set(p.worker_pids), p.zygote_pid
+        os.kill(zygote, signal.SIGKILL)
+        # the workers it forked go on scoring...
+        assert [r.score for r in p.score([ok(i) for i in range(4)])] == [0.0, 1.0, 2.0, 3.0]
+        assert set(p.worker_pids) == workers
+        p.pop_metrics()
+        # ...and the hangs need new workers, from a new zygote
+        results = p.score([bad("hang"), ok(1), bad("hang"), ok(2)] + [ok(i) for i in range(3, 8)])
+        assert results[0].reason == results[2].reason == f"timeout after {TIMEOUT_S}s"
+        assert [results[1].score, results[3].score] + [r.score for r in results[4:]] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+        assert p.zygote_pid not in (None, zygote) and _alive(p.zygote_pid)
+        assert p.pop_metrics()["reward/num_failed"] == 2
+
+
 @pytest.mark.parametrize("mode, exit_code", [("kill", -9), ("exit", 1)])
 def test_worker_death_is_a_failure_and_worker_is_replaced(pool, mode, exit_code):
     before = set(pool.worker_pids)
@@ -282,7 +299,7 @@ def test_workers_exit_when_parent_is_killed(tmp_path):
                 pool.score([RewardInput("p", "0", "0")])
                 pool.submit([RewardInput("p", "0", "0", {{"mode": "hang"}})])  # one worker busy
                 time.sleep(0.3)
-                print(*pool.worker_pids, flush=True)
+                print(*pool.worker_pids, pool.zygote_pid, flush=True)
                 time.sleep(60)
             """
         )
@@ -290,7 +307,7 @@ def test_workers_exit_when_parent_is_killed(tmp_path):
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=str(tmp_path))
     try:
         pids = [int(x) for x in proc.stdout.readline().split()]
-        assert len(pids) == 3 and all(_alive(pid) for pid in pids)  # two workers and the spare
+        assert len(pids) == 4 and all(_alive(pid) for pid in pids)  # two workers, the spare, the zygote
     finally:
         proc.kill()
         proc.wait()
