@@ -56,7 +56,7 @@ from rewards.registry import RewardSpec
 from rewards.schema import RewardError, RewardInput, RewardResult
 from rewards.serialization import make_payload
 from rewards.worker import WorkerHandle, kill_worker, mp_context, shutdown_workers
-from rewards.zygote import Zygote, ZygoteGone, ZygoteInitError
+from rewards.zygote import Zygote, ZygoteGone, ZygoteInitError, ZygoteSpawnFailed
 
 logger = logging.getLogger(__name__)
 
@@ -519,6 +519,8 @@ class RewardPool:
             zygote.pump()
         except ZygoteInitError as exc:
             raise RewardError(f"reward worker failed to load the reward: {exc}") from None
+        except ZygoteSpawnFailed as exc:
+            raise RewardError(f"cannot start a reward worker: fork failed: {exc}") from None
         except ZygoteGone as exc:
             self._zygote_failed(str(exc))
         finally:

@@ -21,8 +21,9 @@ import; the sympy subprocess pool is made per process, on first use).
 Protocol on the zygote's connection:
   pool -> zygote: ``("spawn", n, env)``, or ``None`` to exit.
   zygote -> pool: ``("ready", pid, batched)`` once the reward is loaded, or ``("init_error",
-  text)``; then ``("spawned", pid)`` followed by two file descriptors, and ``("exit", pid, code)``
-  (``code`` as multiprocessing gives it: the exit status, or minus the signal number).
+  text)``; then ``("spawned", pid)`` followed by two file descriptors, ``("exit", pid, code)``
+  (``code`` as multiprocessing gives it: the exit status, or minus the signal number), and
+  ``("spawn_failed", n, text)`` when fork failed and the last n workers asked for will not come.
 """
 from __future__ import annotations
 
@@ -78,9 +79,14 @@ def zygote_main(ctl, payload: Payload, failure_score: float, lifeline, env: dict
                 if msg is None:
                     return
                 _, n, env = msg
-                for _ in range(n):
-                    if not _fork_worker(ctl, sock, (wake_r, wake_w), fn, batched, failure_score, lifeline, env):
-                        return
+                for i in range(n):
+                    try:
+                        if not _fork_worker(ctl, sock, (wake_r, wake_w), fn, batched, failure_score, lifeline, env):
+                            return
+                    except OSError as exc:  # out of processes or memory: say so, the pool decides
+                        if not send_quietly(ctl, ("spawn_failed", n - i, f"{type(exc).__name__}: {exc}")):
+                            return
+                        break
     finally:
         signal.set_wakeup_fd(-1)
 
@@ -231,11 +237,17 @@ class Zygote:
             elif kind == "init_error":
                 raise ZygoteInitError(msg[1])
             elif kind == "spawned":
-                fds = reduction.recvfds(self._sock, 2)
+                try:
+                    fds = reduction.recvfds(self._sock, 2)
+                except (EOFError, OSError, RuntimeError) as exc:
+                    raise ZygoteGone(f"reward zygote pid={self.process.pid} is gone ({type(exc).__name__})") from None
                 proc = ForkedProcess(msg[1], fds[1], self)
                 self.alive[proc.pid] = proc
                 self.spawned.append((proc, mp_connection.Connection(fds[0])))
                 self.pending -= 1
+            elif kind == "spawn_failed":
+                self.pending -= msg[1]
+                raise ZygoteSpawnFailed(msg[2])
             elif kind == "exit":
                 proc = self.alive.pop(msg[1], None)
                 if proc is not None:
@@ -276,6 +288,10 @@ class ZygoteError(RuntimeError):
 
 class ZygoteGone(ZygoteError):
     """The zygote died or exited: start another (the workers it made live on)."""
+
+
+class ZygoteSpawnFailed(ZygoteError):
+    """fork failed in the zygote (out of processes or memory)."""
 
 
 class ZygoteInitError(ZygoteError):

@@ -234,6 +234,32 @@ def test_builtin_name_spec():
     assert results[2].info == {"extracted": None} and results[2].correct is False
 
 
+def test_a_failing_fork_is_an_error_not_a_loop(tmp_path):
+    # The reward's module is imported in the zygote, so it can take fork away there (as a
+    # process limit would): asking for workers must then raise, not retry forever.
+    path = tmp_path / "no_fork_reward.py"
+    path.write_text(textwrap.dedent(
+        """
+        import os
+
+        def _no_fork():
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+
+        os.fork = _no_fork
+
+        def reward(prompt, completion, ground_truth, metadata):
+            return 1.0
+        """
+    ))
+    real_fork = os.fork
+    try:
+        with RewardPool(f"{path}:reward", num_workers=1, timeout_s=TIMEOUT_S) as p:  # imports it here too
+            with pytest.raises(RewardError, match="fork failed: BlockingIOError"):
+                p.score([ok(0)])
+    finally:
+        os.fork = real_fork
+
+
 def test_bad_spec_fails_at_construction():
     with pytest.raises(RewardError, match="unknown reward"):
         RewardPool("no_such_reward")
