@@ -8,12 +8,10 @@ import pytest
 def ray_cluster():
     import ray
 
-    from rlcore.topology import LOOPBACK_ENV, WORKER_ENV
+    from rlcore.topology import local_runtime_env
 
-    ray.init(
-        address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
-        runtime_env={"env_vars": {**WORKER_ENV, **LOOPBACK_ENV}},
-    )
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+             runtime_env=local_runtime_env())
     yield
     ray.shutdown()
 
