@@ -14,3 +14,20 @@ def test_cpus_wanted_counts_engines_learners_and_a_critic(algorithm, expected):
                              "learner.num_ranks=2", "learner.cpus_per_rank=1", "critic.num_ranks=3",
                              "critic.cpus_per_rank=1.5", "rollout.prompts_per_step=4", "rollout.n_samples=6"])
     assert cpus_wanted(cfg) == pytest.approx(expected)
+
+
+def test_local_runtime_env_quotes_the_interpreter_and_turns_off_inductor_under_a_space(monkeypatch):
+    from rlcore import topology
+
+    monkeypatch.setattr(topology.sys, "executable", "/opt/py/bin/python")
+    monkeypatch.setattr(topology, "_torch_dir", lambda: "/opt/py/lib/site-packages/torch")
+    plain = topology.local_runtime_env()
+    assert "py_executable" not in plain and "TORCHDYNAMO_DISABLE" not in plain["env_vars"]
+    assert plain["env_vars"]["GLOO_SOCKET_IFNAME"] == "lo"
+
+    monkeypatch.setattr(topology.sys, "executable", "/tmp/fresh clone/.venv/bin/python")
+    monkeypatch.setattr(topology, "_torch_dir", lambda: "/tmp/fresh clone/.venv/lib/site-packages/torch")
+    spaced = topology.local_runtime_env()
+    assert spaced["py_executable"] == "'/tmp/fresh clone/.venv/bin/python'"
+    assert spaced["env_vars"]["TORCHDYNAMO_DISABLE"] == "1"
+    assert "TORCHDYNAMO_DISABLE" not in topology.WORKER_ENV  # a copy was changed, not the module's
