@@ -10,7 +10,6 @@ The driver only passes object refs for weights; it never deserialises them.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import shlex
 import socket
@@ -66,25 +65,14 @@ def connect(cfg: ExperimentConfig) -> None:
 def local_runtime_env() -> dict:
     """The runtime env of a local cluster's workers.
 
-    Two tools break under a path with a space in it, so a clone in "/tmp/fresh clone" ran no test:
-    - Ray starts each worker with ``bash -c "exec <python> ..."`` and leaves the interpreter's path
-      unquoted (ray/_private/runtime_env/context.py), so no worker started. A local cluster runs
-      this interpreter, so name it, quoted.
-    - torch 2.13's inductor links with ``-L<torch/lib>`` unquoted (fixed upstream after 2.13), so
-      the one function vLLM compiles on CPU (a count in its log-prob op) failed to build. There,
-      torch.compile is switched off (TORCHDYNAMO_DISABLE): that function runs eagerly.
+    Ray starts each worker with ``bash -c "exec <python> ..."`` and leaves the interpreter's path
+    unquoted (ray/_private/runtime_env/context.py), so a venv under a path with a space in it
+    started no worker at all. A local cluster runs this interpreter, so name it, quoted.
     """
     env: dict = {"env_vars": {**WORKER_ENV, **LOOPBACK_ENV}}
     if shlex.quote(sys.executable) != sys.executable:
         env["py_executable"] = shlex.quote(sys.executable)
-    if any(ch.isspace() for ch in _torch_dir()):
-        env["env_vars"]["TORCHDYNAMO_DISABLE"] = "1"
     return env
-
-
-def _torch_dir() -> str:
-    spec = importlib.util.find_spec("torch")
-    return os.path.dirname(spec.origin) if spec and spec.origin else ""
 
 
 @ray.remote

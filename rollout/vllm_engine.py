@@ -16,6 +16,14 @@ import torch
 from rollout.engine import Completion, Engine, Request, SamplingConfig, validate_weights
 
 
+def _run_compiled_functions_eagerly_under_a_space() -> None:
+    """torch 2.13's inductor links with ``-L<torch>/lib`` unquoted (fixed upstream after 2.13),
+    so where torch lives under a path with a space (a clone in "/tmp/fresh clone") the one
+    function vLLM compiles on CPU (a count in its log-prob op) fails to build. Run it eagerly."""
+    if any(ch.isspace() for ch in os.path.dirname(torch.__file__)):
+        torch._dynamo.config.disable = True
+
+
 class VLLMEngine(Engine):
     def __init__(
         self,
@@ -39,6 +47,7 @@ class VLLMEngine(Engine):
         import torch
 
         if not torch.cuda.is_available():
+            _run_compiled_functions_eagerly_under_a_space()
             # vLLM's CPU build crashes ("CPU Generator does not use offset") when a seeded
             # request's prefill is split across scheduler steps, which happens with long
             # multi-round (tool) prompts; keep every prefill whole.

@@ -16,18 +16,26 @@ def test_cpus_wanted_counts_engines_learners_and_a_critic(algorithm, expected):
     assert cpus_wanted(cfg) == pytest.approx(expected)
 
 
-def test_local_runtime_env_quotes_the_interpreter_and_turns_off_inductor_under_a_space(monkeypatch):
+
+def test_local_runtime_env_quotes_an_interpreter_under_a_space(monkeypatch):
     from rlcore import topology
 
     monkeypatch.setattr(topology.sys, "executable", "/opt/py/bin/python")
-    monkeypatch.setattr(topology, "_torch_dir", lambda: "/opt/py/lib/site-packages/torch")
     plain = topology.local_runtime_env()
-    assert "py_executable" not in plain and "TORCHDYNAMO_DISABLE" not in plain["env_vars"]
-    assert plain["env_vars"]["GLOO_SOCKET_IFNAME"] == "lo"
-
+    assert "py_executable" not in plain and plain["env_vars"]["GLOO_SOCKET_IFNAME"] == "lo"
     monkeypatch.setattr(topology.sys, "executable", "/tmp/fresh clone/.venv/bin/python")
-    monkeypatch.setattr(topology, "_torch_dir", lambda: "/tmp/fresh clone/.venv/lib/site-packages/torch")
-    spaced = topology.local_runtime_env()
-    assert spaced["py_executable"] == "'/tmp/fresh clone/.venv/bin/python'"
-    assert spaced["env_vars"]["TORCHDYNAMO_DISABLE"] == "1"
-    assert "TORCHDYNAMO_DISABLE" not in topology.WORKER_ENV  # a copy was changed, not the module's
+    assert topology.local_runtime_env()["py_executable"] == "'/tmp/fresh clone/.venv/bin/python'"
+
+
+def test_vllm_engine_runs_compiled_functions_eagerly_only_under_a_space(monkeypatch):
+    import torch
+
+    from rollout import vllm_engine
+
+    monkeypatch.setattr(torch._dynamo.config, "disable", False)
+    monkeypatch.setattr(torch, "__file__", "/opt/py/lib/site-packages/torch/__init__.py")
+    vllm_engine._run_compiled_functions_eagerly_under_a_space()
+    assert torch._dynamo.config.disable is False
+    monkeypatch.setattr(torch, "__file__", "/tmp/fresh clone/.venv/lib/site-packages/torch/__init__.py")
+    vllm_engine._run_compiled_functions_eagerly_under_a_space()
+    assert torch._dynamo.config.disable is True
