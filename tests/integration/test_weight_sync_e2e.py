@@ -37,8 +37,12 @@ def test_engine_matches_learner_after_sync(ray_cluster, make_config, kind, ranks
             assert _max_diff(ours, rollout.sequence_logprobs(seqs)[0]) < 1e-5
             assert timings["time/sync_total_s"] > 0
         state = ray.get(rollout.workers[0].__ray_call__.remote(
-            lambda w: (w.weights_version, bool(w.engine._fast_reload))))
-        assert state == (2, True)  # and the engine used the in-place path (rollout/vllm_cpu_reload.py)
+            lambda w: (w.weights_version, bool(w.engine._fast_reload), len(w.engine._fast_reload.bound),
+                       len(w.engine._fast_reload.metas))))
+        assert state[:2] == (2, True)  # and the engine used the in-place path (rollout/vllm_cpu_reload.py)
+        # From the second collective sync on, every packed layer is packed straight from the
+        # receive buffers (the first one, through the model's loader, showed that they may be).
+        assert state[2] == (state[3] if kind == "collective" else 0) and state[3] > 0
     finally:
         topology.shutdown_group(rollout.workers)
         topology.shutdown_group(learners.workers, learners.placement)
