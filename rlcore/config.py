@@ -103,7 +103,8 @@ class RolloutConfig:
     weight_sync: Literal["collective", "object_store"] = "collective"
     # With "collective" on CPUs, learner rank 0 writes the weights into a /dev/shm segment that
     # every engine on its host maps (a token per bucket still goes through the group), instead of
-    # sending the bytes over loopback TCP. Used only when every engine can map it.
+    # sending the bytes over loopback TCP; a single learner rank keeps its parameters there, so a
+    # push copies nothing. Used only when every engine can map it.
     weight_sync_shared_memory: bool = True
     # Asynchronous rollout (rlcore/rollout_pipeline.py): the engines generate the batch of step
     # t+k while the learners train step t; 0 = the synchronous loop. Tokens are weighted by

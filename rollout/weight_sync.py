@@ -14,6 +14,8 @@ is most of what is left (rollout/vllm_cpu_reload.py).
 Where rank 0 and every engine share a host (and `rollout.weight_sync_shared_memory` is on),
 the bytes do not cross a socket at all: rank 0 writes each bucket into a /dev/shm segment that
 every engine has mapped, and broadcasts only a token per bucket (rollout/shared_segment.py).
+A single learner rank keeps its parameters in that segment and copies nothing at all
+(rollout/segment_params.py).
 
 The group (rank 0 = learner rank 0, rank 1 + i = rollout worker i) is its own
 `ProcessGroupGloo`/`ProcessGroupNCCL` on its own TCPStore: the learners' default FSDP group is
@@ -38,7 +40,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from rollout import shared_segment
+from rollout import segment_params, shared_segment
 
 BUCKET_BYTES = 128 << 20  # most bytes packed into one broadcast, and the in-flight window
 SOLO_BYTES = 1 << 20  # a tensor this large travels alone, straight from the learner's storage
@@ -287,6 +289,7 @@ class LearnerWeightPush:
         self.group: Group | None = None
         self._raw: list[torch.Tensor] = []
         self.segment: torch.Tensor | None = None  # /dev/shm, shared with every engine (rollout/shared_segment.py)
+        self.adopted = 0  # parameters living in the segment (rollout/segment_params.py)
 
     def connect(self, addr: str, port: int, world_size: int, backend: str, timeout_s: float,
                 shared_memory: bool = True) -> str | None:
@@ -296,7 +299,10 @@ class LearnerWeightPush:
         self.group = open_group(addr, port, 0, world_size, backend, timeout_s)
         self.group.store.set("manifest", self.manifest.to_json())
         self.segment = _offer_segment(self.group, self.manifest, shared_memory)
-        if self.segment is None:
+        if self.segment is not None:  # one rank: the parameters themselves move into the segment
+            views = {name: view for bucket in _segment_views(self.segment, self.manifest) for name, view in bucket}
+            self.adopted = segment_params.adopt(self.model, views)
+        else:
             # Two buffers for packed buckets: one is filled while the other is on the wire.
             packed = max([b.nbytes for b in self.manifest.buckets if len(b.entries) > 1], default=0)
             self._raw = [torch.empty(packed, dtype=torch.uint8, device=self.group.device) for _ in range(2)]
@@ -305,6 +311,8 @@ class LearnerWeightPush:
     @torch.no_grad()
     def push(self) -> dict[str, float]:
         t0 = time.perf_counter()
+        if self.adopted:
+            segment_params.reshard(self.model)
         unsharded = _unshard(self.model)
         params = dict(self.model.named_parameters(remove_duplicate=False))
         inflight: deque = deque()  # (work, bytes, packing slot or None, tensor kept alive)
@@ -337,7 +345,8 @@ class LearnerWeightPush:
                     continue
                 if segment_views is not None:  # written into shared memory; a token says it is complete
                     for (_, view), tensor in zip(segment_views[index], full):
-                        view.copy_(tensor)
+                        if tensor.data_ptr() != view.data_ptr():  # not living in the segment
+                            view.copy_(tensor)
                     inflight.append((self.group.broadcast(token), 0, None, token))
                     continue
                 while inflight and flying + bucket.nbytes > self.window:
@@ -423,7 +432,8 @@ def learner_weight_sync(worker, action: str, *args):
         addr, port, world_size, backend, timeout_s, bucket_bytes, shared_memory = args
         worker._weight_push = push = LearnerWeightPush(worker.model, worker.rank, worker.tied, bucket_bytes)
         transport = push.connect(addr, port, world_size, backend, timeout_s, shared_memory)
-        return {"buckets": len(push.manifest.buckets), "bytes": push.manifest.nbytes, "transport": transport}
+        return {"buckets": len(push.manifest.buckets), "bytes": push.manifest.nbytes, "transport": transport,
+                "params_in_segment": push.adopted}
     if action == "push":
         return worker._weight_push.push()
     raise ValueError(f"unknown weight_sync action {action!r}")
