@@ -13,6 +13,8 @@ name once all have: the mappings live on and nothing is left in /dev/shm when a 
 """
 from __future__ import annotations
 
+import json
+import logging
 import mmap
 import os
 import uuid
@@ -55,6 +57,36 @@ def attach(path: str, nbytes: int) -> torch.Tensor | None:
     with warnings.catch_warnings():  # "non-writable buffer": exactly the point
         warnings.simplefilter("ignore", UserWarning)
         return torch.frombuffer(mapped, dtype=torch.uint8)  # keeps the mapping alive
+
+
+def offer(store, world_size: int, nbytes: int, enabled: bool) -> torch.Tensor | None:
+    """Rank 0 of the weight-update group: create the segment, learn from the group's store which
+    engines could map it, and settle the transport for all of them (every engine or none: one
+    broadcast carries the same bytes to everyone). The segment, or None for TCP."""
+    path, segment, why = None, None, "rollout.weight_sync_shared_memory is off, or not a CPU group"
+    if enabled:
+        path, created = create(nbytes)
+        segment, why = (created, "") if path is not None else (None, created)
+    store.set("segment", json.dumps({"path": path, "nbytes": nbytes}))
+    attached = [store.get(f"attached/{rank}") == b"1" for rank in range(1, world_size)]
+    if path is not None:
+        unlink(path)  # every engine that could map it has: the mappings live on
+        if not all(attached):
+            why = f"engine(s) {[r + 1 for r, ok in enumerate(attached) if not ok]} are on another host"
+    shared = path is not None and all(attached)
+    store.set("transport", "shared_memory" if shared else "tcp")
+    if not shared and enabled:
+        logging.getLogger(__name__).info("weight sync over sockets, not shared memory: %s", why)
+    return segment if shared else None
+
+
+def accept(store, rank: int) -> torch.Tensor | None:
+    """An engine (group rank `rank`): map rank 0's segment if this host sees it; None where the
+    transport is TCP."""
+    offered = json.loads(store.get("segment"))
+    segment = attach(offered["path"], offered["nbytes"]) if offered["path"] else None
+    store.set(f"attached/{rank}", b"1" if segment is not None else b"0")
+    return segment if store.get("transport") == b"shared_memory" else None
 
 
 def unlink(path: str) -> None:

@@ -30,7 +30,6 @@ NOTES-cpu-stack.md).
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
@@ -221,39 +220,6 @@ def open_group(addr: str, port: int, rank: int, world_size: int, backend: str = 
     return Group(store, pg, rank, world_size, device)
 
 
-def _offer_segment(group: Group, manifest: Manifest, enabled: bool) -> torch.Tensor | None:
-    """Rank 0: create the segment, learn which engines could map it, and settle the transport
-    for everyone (every engine or none: a broadcast carries the same bytes to all)."""
-    _, nbytes = manifest.layout()
-    path, segment = None, None
-    if not enabled:
-        why = "rollout.weight_sync_shared_memory is off"
-    elif group.device.type != "cpu":
-        why = f"the group runs on {group.device.type}"
-    else:
-        path, created = shared_segment.create(nbytes)
-        segment, why = (created, "") if path is not None else (None, created)
-    group.store.set("segment", json.dumps({"path": path, "nbytes": nbytes}))
-    attached = [group.store.get(f"attached/{rank}") == b"1" for rank in range(1, group.world_size)]
-    if path is not None:
-        shared_segment.unlink(path)  # every engine that could map it has: the mappings live on
-        if not all(attached):
-            why = f"engine(s) {[r + 1 for r, ok in enumerate(attached) if not ok]} are on another host"
-    shared = path is not None and all(attached)
-    group.store.set("transport", "shared_memory" if shared else "tcp")
-    if not shared:
-        logging.getLogger(__name__).info("weight sync over %s's sockets, not shared memory: %s", group.device, why)
-    return segment if shared else None
-
-
-def _accept_segment(group: Group) -> torch.Tensor | None:
-    """An engine: map rank 0's segment if this host sees it; None where the transport is TCP."""
-    offer = json.loads(group.store.get("segment"))
-    segment = shared_segment.attach(offer["path"], offer["nbytes"]) if offer["path"] else None
-    group.store.set(f"attached/{group.rank}", b"1" if segment is not None else b"0")
-    return segment if group.store.get("transport") == b"shared_memory" else None
-
-
 def _segment_views(segment: torch.Tensor, manifest: Manifest) -> list[list[tuple[str, torch.Tensor]]]:
     offsets, _ = manifest.layout()
     return [_views(segment[start : start + b.nbytes], b) for start, b in zip(offsets, manifest.buckets)]
@@ -298,7 +264,9 @@ class LearnerWeightPush:
             return None
         self.group = open_group(addr, port, 0, world_size, backend, timeout_s)
         self.group.store.set("manifest", self.manifest.to_json())
-        self.segment = _offer_segment(self.group, self.manifest, shared_memory)
+        g = self.group
+        self.segment = shared_segment.offer(g.store, g.world_size, self.manifest.layout()[1],
+                                            shared_memory and g.device.type == "cpu")
         if self.segment is not None:  # one rank: the parameters themselves move into the segment
             views = {name: view for bucket in _segment_views(self.segment, self.manifest) for name, view in bucket}
             self.adopted = segment_params.adopt(self.model, views)
@@ -448,7 +416,7 @@ class WeightReceiver:
     def __init__(self, group: Group):
         self.group = group
         self.manifest = Manifest.from_json(group.store.get("manifest").decode())
-        self.segment = _accept_segment(group)
+        self.segment = shared_segment.accept(group.store, group.rank)
         if self.segment is not None:  # rank 0 writes straight into these; a token per bucket says when
             offsets, _ = self.manifest.layout()
             self._raw = [self.segment[start : start + b.nbytes] for start, b in zip(offsets, self.manifest.buckets)]
