@@ -95,6 +95,11 @@ class Manifest:
             end = start + bucket.nbytes
         return offsets, end
 
+    def slices(self, base: torch.Tensor) -> list[torch.Tensor]:
+        """Every bucket's bytes in `base` (uint8, `layout()`'s size), in order."""
+        offsets, _ = self.layout()
+        return [base[start : start + b.nbytes] for start, b in zip(offsets, self.buckets)]
+
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Every name the engine receives (aliases included) and its shape."""
         out = {e.name: e.shape for b in self.buckets for e in b.entries}
@@ -220,11 +225,6 @@ def open_group(addr: str, port: int, rank: int, world_size: int, backend: str = 
     return Group(store, pg, rank, world_size, device)
 
 
-def _segment_views(segment: torch.Tensor, manifest: Manifest) -> list[list[tuple[str, torch.Tensor]]]:
-    offsets, _ = manifest.layout()
-    return [_views(segment[start : start + b.nbytes], b) for start, b in zip(offsets, manifest.buckets)]
-
-
 # --------------------------------------------------------------------------- learner side
 
 
@@ -255,6 +255,7 @@ class LearnerWeightPush:
         self.group: Group | None = None
         self._raw: list[torch.Tensor] = []
         self.segment: torch.Tensor | None = None  # /dev/shm, shared with every engine (rollout/shared_segment.py)
+        self._segment_views: list[list[tuple[str, torch.Tensor]]] = []  # per bucket, into the segment
         self.adopted = 0  # parameters living in the segment (rollout/segment_params.py)
 
     def connect(self, addr: str, port: int, world_size: int, backend: str, timeout_s: float,
@@ -268,8 +269,9 @@ class LearnerWeightPush:
         self.segment = shared_segment.offer(g.store, g.world_size, self.manifest.layout()[1],
                                             shared_memory and g.device.type == "cpu")
         if self.segment is not None:  # one rank: the parameters themselves move into the segment
-            views = {name: view for bucket in _segment_views(self.segment, self.manifest) for name, view in bucket}
-            self.adopted = segment_params.adopt(self.model, views)
+            self._segment_views = [_views(raw, b) for raw, b in zip(self.manifest.slices(self.segment),
+                                                                     self.manifest.buckets)]
+            self.adopted = segment_params.adopt(self.model, {n: v for views in self._segment_views for n, v in views})
         else:
             # Two buffers for packed buckets: one is filled while the other is on the wire.
             packed = max([b.nbytes for b in self.manifest.buckets if len(b.entries) > 1], default=0)
@@ -297,7 +299,7 @@ class LearnerWeightPush:
             if slot is not None:
                 free_slots.append(slot)
 
-        segment_views = _segment_views(self.segment, self.manifest) if self.segment is not None else None
+        segment_views = self._segment_views if self.segment is not None else None
         token = torch.ones(1, dtype=torch.int64)
         threads = torch.get_num_threads()
         if segment_views is not None:
@@ -417,14 +419,13 @@ class WeightReceiver:
         self.group = group
         self.manifest = Manifest.from_json(group.store.get("manifest").decode())
         self.segment = shared_segment.accept(group.store, group.rank)
-        if self.segment is not None:  # rank 0 writes straight into these; a token per bucket says when
-            offsets, _ = self.manifest.layout()
-            self._raw = [self.segment[start : start + b.nbytes] for start, b in zip(offsets, self.manifest.buckets)]
-            self._tokens = torch.zeros(len(self.manifest.buckets), dtype=torch.int64)
-        else:  # one allocation laid out as the segment would be: a fused layer's parts lie back to back
-            offsets, nbytes = self.manifest.layout()
-            flat = torch.empty(nbytes, dtype=torch.uint8, device=group.device)
-            self._raw = [flat[start : start + b.nbytes] for start, b in zip(offsets, self.manifest.buckets)]
+        # Rank 0 writes into the segment and a token per bucket says when; over TCP the buckets
+        # arrive in one allocation laid out as the segment: a fused layer's parts lie back to back.
+        base = self.segment
+        if base is None:
+            base = torch.empty(self.manifest.layout()[1], dtype=torch.uint8, device=group.device)
+        self._raw = self.manifest.slices(base)
+        self._tokens = torch.zeros(len(self._raw), dtype=torch.int64)
         # name -> (bucket index, view); an alias shares its source's view and follows it in order
         self.where: dict[str, tuple[int, torch.Tensor]] = {}
         self.order: list[str] = []
